@@ -1,0 +1,5 @@
+"""cdssm: the Cayley-Delta State Space Model as a torch.compile-native PyTorch package."""
+
+from . import ops
+
+__version__ = "0.1.0"

@@ -1,0 +1,11 @@
+"""cdssm's op layer: custom ops (CPU/CUDA kernels with fake impls and autograd) and references."""
+
+from .delta_scan import chunk_delta_scan, recurrent_delta_scan
+from .reference import chunk_delta_scan_reference, recurrent_delta_scan_reference
+
+__all__ = [
+    "chunk_delta_scan",
+    "recurrent_delta_scan",
+    "chunk_delta_scan_reference",
+    "recurrent_delta_scan_reference",
+]

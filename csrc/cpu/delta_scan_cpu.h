@@ -1,0 +1,123 @@
+// Shared pieces of the CPU delta-scan kernels: argument checks, sequence spans, complex math.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace cdssm {
+
+// A complex number with plain arithmetic (std::complex multiplies through the slow,
+// NaN-recovering __mulsc3 path unless -ffast-math; the scans never need that recovery).
+template <typename T>
+struct Cx {
+  T re, im;
+  Cx() : re(0), im(0) {}
+  Cx(T r, T i) : re(r), im(i) {}
+  Cx operator+(Cx o) const { return {re + o.re, im + o.im}; }
+  Cx operator-(Cx o) const { return {re - o.re, im - o.im}; }
+  Cx operator*(Cx o) const { return {re * o.re - im * o.im, re * o.im + im * o.re}; }
+  Cx operator*(T s) const { return {re * s, im * s}; }
+  Cx& operator+=(Cx o) { re += o.re; im += o.im; return *this; }
+  Cx& operator-=(Cx o) { re -= o.re; im -= o.im; return *this; }
+  Cx conj() const { return {re, -im}; }
+  T norm2() const { return re * re + im * im; }
+};
+
+template <typename T>
+inline Cx<T> cexp(Cx<T> g) {
+  T m = std::exp(g.re);
+  return {m * std::cos(g.im), m * std::sin(g.im)};
+}
+
+// Re(conj(a) * b)
+template <typename T>
+inline T re_conj_mul(Cx<T> a, Cx<T> b) { return a.re * b.re + a.im * b.im; }
+
+// One sequence of the scan: batch row b, tokens [start, start + len), state row n, and the
+// row of its first chunk in the flattened boundary-state tensor.
+struct Span {
+  int64_t b, start, len, n, chunk_row;
+};
+
+// Spans from the batch (no cu_seqlens) or from validated cu_seqlens (B == 1).
+inline std::vector<Span> make_spans(int64_t B, int64_t T, const std::optional<at::Tensor>& cu_seqlens,
+                                    int64_t chunk_size) {
+  std::vector<Span> spans;
+  const int64_t n_chunks = chunk_size > 0 ? (T + chunk_size - 1) / chunk_size : 0;
+  if (!cu_seqlens.has_value()) {
+    for (int64_t b = 0; b < B; ++b) spans.push_back({b, 0, T, b, b * n_chunks});
+    return spans;
+  }
+  const at::Tensor cu = cu_seqlens->to(at::kCPU, at::kLong).contiguous();
+  const int64_t* c = cu.data_ptr<int64_t>();
+  const int64_t N = cu.numel() - 1;
+  TORCH_CHECK(N >= 1, "cu_seqlens: expected at least 2 offsets, got ", cu.numel());
+  TORCH_CHECK(c[0] == 0, "cu_seqlens: expected cu_seqlens[0] == 0, got ", c[0]);
+  TORCH_CHECK(c[N] == T, "cu_seqlens: expected cu_seqlens[-1] == T == ", T, ", got ", c[N]);
+  int64_t row = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    TORCH_CHECK(c[n + 1] >= c[n], "cu_seqlens: expected non-decreasing offsets, got ", c[n],
+                " then ", c[n + 1], " at index ", n);
+    const int64_t len = c[n + 1] - c[n];
+    spans.push_back({0, c[n], len, n, row});
+    if (chunk_size > 0) row += (len + chunk_size - 1) / chunk_size;
+  }
+  return spans;
+}
+
+// Shape and dtype checks shared by every scan kernel (the Python wrapper checks them first with
+// friendlier messages; these guard direct calls of torch.ops.cdssm.*).
+inline void check_scan_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& beta, const at::Tensor& log_decay,
+                              const at::Tensor& phase, const std::optional<at::Tensor>& state,
+                              const std::optional<at::Tensor>& cu_seqlens) {
+  TORCH_CHECK(q.dim() == 4, "q: expected (B, T, H, D), got ", q.sizes());
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
+  TORCH_CHECK(k.sizes() == q.sizes(), "k: expected ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK(v.dim() == 5 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(4) == 2,
+              "v: expected (B, T, H, P, 2), got ", v.sizes());
+  const int64_t P = v.size(3);
+  TORCH_CHECK(beta.dim() == 3 && beta.size(0) == B && beta.size(1) == T && beta.size(2) == H,
+              "beta: expected (B, T, H), got ", beta.sizes());
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  for (const auto* t : {&log_decay, &phase}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({B, T, H, P}),
+                "log_decay/phase: expected (B, T, H, P) = ", at::IntArrayRef({B, T, H, P}), ", got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == acc, "log_decay/phase: expected dtype ", acc, ", got ", t->scalar_type());
+  }
+  for (const auto* t : {&k, &v, &beta})
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "k/v/beta: expected q's dtype ", q.scalar_type(),
+                ", got ", t->scalar_type());
+  for (const auto* t : {&q, &k, &v, &beta, &log_decay, &phase})
+    TORCH_CHECK(t->is_contiguous(), "scan inputs must be contiguous");
+  const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : B;
+  if (cu_seqlens.has_value()) {
+    TORCH_CHECK(B == 1, "q: expected batch size 1 with cu_seqlens, got ", B);
+    TORCH_CHECK(cu_seqlens->scalar_type() == at::kInt && cu_seqlens->dim() == 1,
+                "cu_seqlens: expected a 1-D int32 tensor");
+  }
+  if (state.has_value()) {
+    TORCH_CHECK(state->sizes() == at::IntArrayRef({N, H, 2 * P, D}), "initial_state: expected ",
+                at::IntArrayRef({N, H, 2 * P, D}), ", got ", state->sizes());
+    TORCH_CHECK(state->scalar_type() == acc && state->is_contiguous(),
+                "initial_state: expected a contiguous ", acc, " tensor");
+  }
+}
+
+// Flat offsets into the contiguous canonical layouts.
+struct ScanIndex {
+  int64_t T, H, D, P;
+  int64_t qk(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * H + h) * D; }
+  int64_t bh(int64_t b, int64_t t, int64_t h) const { return (b * T + t) * H + h; }
+  int64_t pair(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * H + h) * P; }
+  int64_t state(int64_t n, int64_t h) const { return (n * H + h) * 2 * P * D; }
+};
+
+}  // namespace cdssm
