@@ -1,0 +1,25 @@
+"""What a causal LM's forward returns (a NamedTuple: a pytree that compile and export see through)."""
+
+from typing import Any, NamedTuple, Optional
+
+import torch
+
+
+class CausalLMOutput(NamedTuple):
+    """Result of ``forward(input_ids, labels=None, cu_seqlens=None, state=None)``.
+
+    logits: (B, T, V) in the activation dtype when no labels were given, else None.
+    loss: scalar, mean cross-entropy + aux_loss, when labels were given, else None.
+    aux_loss: scalar, λ_met · (mean over layers of the mean utility υ); zero for the Transformer.
+    state_energy: (n_layers, H) fp32, detached: per block, the mean chunk-end ‖S‖²_F (CD-SSM only).
+    mean_utility: (n_layers,) fp32, detached: per block, the mean of υ (CD-SSM only).
+    state: the state after the last token (same type as the ``state`` argument) when a state
+        was given, else None.
+    """
+
+    logits: Optional[torch.Tensor]
+    loss: Optional[torch.Tensor]
+    aux_loss: torch.Tensor
+    state_energy: Optional[torch.Tensor]
+    mean_utility: Optional[torch.Tensor]
+    state: Optional[Any]
