@@ -76,10 +76,9 @@ inline std::vector<Span> make_spans(int64_t B, int64_t T, const std::optional<at
 // friendlier messages; these guard direct calls of torch.ops.cdssm.*).
 inline void check_scan_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& beta, const at::Tensor& log_decay,
-                              const at::Tensor& phase, const std::optional<at::Tensor>& state,
-                              const std::optional<at::Tensor>& cu_seqlens) {
+                              const at::Tensor& phase, const std::optional<at::Tensor>& cu_seqlens) {
   TORCH_CHECK(q.dim() == 4, "q: expected (B, T, H, D), got ", q.sizes());
-  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2);
   TORCH_CHECK(k.sizes() == q.sizes(), "k: expected ", q.sizes(), ", got ", k.sizes());
   TORCH_CHECK(v.dim() == 5 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(4) == 2,
               "v: expected (B, T, H, P, 2), got ", v.sizes());
@@ -87,28 +86,40 @@ inline void check_scan_inputs(const at::Tensor& q, const at::Tensor& k, const at
   TORCH_CHECK(beta.dim() == 3 && beta.size(0) == B && beta.size(1) == T && beta.size(2) == H,
               "beta: expected (B, T, H), got ", beta.sizes());
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const std::vector<int64_t> pair_shape{B, T, H, P};
   for (const auto* t : {&log_decay, &phase}) {
-    TORCH_CHECK(t->sizes() == at::IntArrayRef({B, T, H, P}),
-                "log_decay/phase: expected (B, T, H, P) = ", at::IntArrayRef({B, T, H, P}), ", got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == acc, "log_decay/phase: expected dtype ", acc, ", got ", t->scalar_type());
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(pair_shape), "log_decay/phase: expected (B, T, H, P) = ",
+                at::IntArrayRef(pair_shape), ", got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == acc, "log_decay/phase: expected dtype ", acc, ", got ",
+                t->scalar_type());
   }
   for (const auto* t : {&k, &v, &beta})
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "k/v/beta: expected q's dtype ", q.scalar_type(),
-                ", got ", t->scalar_type());
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "k/v/beta: expected q's dtype ",
+                q.scalar_type(), ", got ", t->scalar_type());
   for (const auto* t : {&q, &k, &v, &beta, &log_decay, &phase})
     TORCH_CHECK(t->is_contiguous(), "scan inputs must be contiguous");
-  const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : B;
+  for (const auto* t : {&k, &v, &beta, &log_decay, &phase})
+    TORCH_CHECK(t->device() == q.device(), "scan inputs must be on q's device ", q.device());
   if (cu_seqlens.has_value()) {
     TORCH_CHECK(B == 1, "q: expected batch size 1 with cu_seqlens, got ", B);
-    TORCH_CHECK(cu_seqlens->scalar_type() == at::kInt && cu_seqlens->dim() == 1,
-                "cu_seqlens: expected a 1-D int32 tensor");
+    TORCH_CHECK(cu_seqlens->scalar_type() == at::kInt && cu_seqlens->dim() == 1 &&
+                    cu_seqlens->numel() >= 2,
+                "cu_seqlens: expected a 1-D int32 tensor of N + 1 >= 2 offsets");
   }
-  if (state.has_value()) {
-    TORCH_CHECK(state->sizes() == at::IntArrayRef({N, H, 2 * P, D}), "initial_state: expected ",
-                at::IntArrayRef({N, H, 2 * P, D}), ", got ", state->sizes());
-    TORCH_CHECK(state->scalar_type() == acc && state->is_contiguous(),
-                "initial_state: expected a contiguous ", acc, " tensor");
-  }
+}
+
+// A state-shaped tensor (N, H, 2P, D) in the recurrence dtype, named `name` in errors.
+inline void check_state(const std::optional<at::Tensor>& state, const char* name,
+                        const at::Tensor& q, const at::Tensor& v, const at::Tensor& log_decay,
+                        const std::optional<at::Tensor>& cu_seqlens) {
+  if (!state.has_value()) return;
+  const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : q.size(0);
+  const std::vector<int64_t> expected{N, q.size(2), 2 * v.size(3), q.size(3)};
+  TORCH_CHECK(state->sizes() == at::IntArrayRef(expected), name, ": expected ",
+              at::IntArrayRef(expected), ", got ", state->sizes());
+  TORCH_CHECK(state->scalar_type() == log_decay.scalar_type() && state->is_contiguous() &&
+                  state->device() == q.device(),
+              name, ": expected a contiguous ", log_decay.scalar_type(), " tensor on ", q.device());
 }
 
 // Flat offsets into the contiguous canonical layouts.
