@@ -69,10 +69,12 @@ def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqle
                 and v.shape[3] > 0, "v", lambda: f"shape ({B}, {T}, {H}, P, 2)", tuple(v.shape))
         P = v.shape[3]
         flat_output = False
-    _expect(tuple(beta.shape) == (B, T, H), "beta", lambda: f"shape ({B}, {T}, {H})", tuple(beta.shape))
+    _expect(tuple(beta.shape) == (B, T, H), "beta", lambda: f"shape ({B}, {T}, {H})",
+            tuple(beta.shape))
     for name, t in (("log_decay", log_decay), ("phase", phase)):
         ok = tuple(t.shape) == (B, T, H, P) or (P == 1 and tuple(t.shape) == (B, T, H))
-        _expect(ok, name, lambda: f"shape ({B}, {T}, {H}, {P})" + (f" or ({B}, {T}, {H})" if P == 1 else ""),
+        _expect(ok, name,
+                lambda: f"shape ({B}, {T}, {H}, {P})" + (f" or ({B}, {T}, {H})" if P == 1 else ""),
                 tuple(t.shape))
 
     sdt = state_dtype(q.dtype)
