@@ -10,9 +10,13 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def expect(cond: bool, name: str, expected: str, got) -> None:
+def expect(cond: bool, name: str, expected, got) -> None:
+    """Raises ValueError naming ``name`` unless ``cond``. ``expected`` is a string, or a function
+    returning one when it mentions sizes: formatting a symbolic size under torch.compile would
+    specialize it (a recompile for every sequence length), so it is formatted only on failure."""
     if not cond:
-        raise ValueError(f"{name}: expected {expected}, got {got}")
+        raise ValueError(f"{name}: expected {expected() if callable(expected) else expected}, "
+                         f"got {got}")
 
 
 def check_tensor(t, name: str, like: torch.Tensor, like_name: str) -> None:

@@ -36,16 +36,16 @@ def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqle
                     ("phase", phase)):
         check_tensor(t, name, q, "q")
     expect(q.dim() == 4, "q", "shape (B, T, H, D)", tuple(q.shape))
-    expect(q.dtype in ACTIVATION_DTYPES, "q", f"a dtype in {ACTIVATION_DTYPES}", q.dtype)
+    expect(q.dtype in ACTIVATION_DTYPES, "q", lambda: f"a dtype in {ACTIVATION_DTYPES}", q.dtype)
     B, T, H, D = q.shape
-    expect(k.shape == q.shape, "k", f"shape {tuple(q.shape)} (q's shape)", tuple(k.shape))
-    expect(k.dtype == q.dtype, "k", f"dtype {q.dtype} (q's dtype)", k.dtype)
+    expect(k.shape == q.shape, "k", lambda: f"shape {tuple(q.shape)} (q's shape)", tuple(k.shape))
+    expect(k.dtype == q.dtype, "k", lambda: f"dtype {q.dtype} (q's dtype)", k.dtype)
     for name, t in (("v", v), ("beta", beta), ("log_decay", log_decay), ("phase", phase)):
         expect(t.is_floating_point(), name, "a floating-point tensor", t.dtype)
 
     if v.dim() == 4:
         expect(tuple(v.shape[:3]) == (B, T, H) and v.shape[3] % 2 == 0 and v.shape[3] > 0,
-                "v", f"shape ({B}, {T}, {H}, 2P) or ({B}, {T}, {H}, P, 2)", tuple(v.shape))
+                "v", lambda: f"shape ({B}, {T}, {H}, 2P) or ({B}, {T}, {H}, P, 2)", tuple(v.shape))
         P = v.shape[3] // 2
         flat_output = True
         v = v.reshape(B, T, H, P, 2)
@@ -54,10 +54,10 @@ def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqle
                 and v.shape[3] > 0, "v", f"shape ({B}, {T}, {H}, P, 2)", tuple(v.shape))
         P = v.shape[3]
         flat_output = False
-    expect(tuple(beta.shape) == (B, T, H), "beta", f"shape ({B}, {T}, {H})", tuple(beta.shape))
+    expect(tuple(beta.shape) == (B, T, H), "beta", lambda: f"shape ({B}, {T}, {H})", tuple(beta.shape))
     for name, t in (("log_decay", log_decay), ("phase", phase)):
         ok = tuple(t.shape) == (B, T, H, P) or (P == 1 and tuple(t.shape) == (B, T, H))
-        expect(ok, name, f"shape ({B}, {T}, {H}, {P})" + (f" or ({B}, {T}, {H})" if P == 1 else ""),
+        expect(ok, name, lambda: f"shape ({B}, {T}, {H}, {P})" + (f" or ({B}, {T}, {H})" if P == 1 else ""),
                 tuple(t.shape))
 
     sdt = state_dtype(q.dtype)
@@ -71,7 +71,7 @@ def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqle
         expect(initial_state.is_floating_point(), "initial_state", "a floating-point tensor",
                initial_state.dtype)
         expect(tuple(initial_state.shape) == (N, H, 2 * P, D), "initial_state",
-                f"shape ({N}, {H}, {2 * P}, {D}) (N = {'number of sequences' if cu_seqlens is not None else 'batch'})",
+                lambda: f"shape ({N}, {H}, {2 * P}, {D}) (N = {'number of sequences' if cu_seqlens is not None else 'batch'})",
                 tuple(initial_state.shape))
         initial_state = initial_state.to(sdt).contiguous()
 

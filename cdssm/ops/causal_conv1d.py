@@ -86,14 +86,14 @@ def causal_conv1d_silu(
     """
     expect(isinstance(x, torch.Tensor), "x", "a torch.Tensor", type(x).__name__)
     expect(x.dim() == 3, "x", "shape (B, T, E)", tuple(x.shape))
-    expect(x.dtype in ACTIVATION_DTYPES, "x", f"a dtype in {ACTIVATION_DTYPES}", x.dtype)
+    expect(x.dtype in ACTIVATION_DTYPES, "x", lambda: f"a dtype in {ACTIVATION_DTYPES}", x.dtype)
     B, _, E = x.shape
     for name, t in (("weight", weight), ("bias", bias)):
         check_tensor(t, name, x, "x")
         expect(t.is_floating_point(), name, "a floating-point tensor", t.dtype)
     expect(weight.dim() == 2 and weight.shape[0] == E and weight.shape[1] >= 1, "weight",
-            f"shape ({E}, W) with W >= 1", tuple(weight.shape))
-    expect(tuple(bias.shape) == (E,), "bias", f"shape ({E},)", tuple(bias.shape))
+            lambda: f"shape ({E}, W) with W >= 1", tuple(weight.shape))
+    expect(tuple(bias.shape) == (E,), "bias", lambda: f"shape ({E},)", tuple(bias.shape))
     W = weight.shape[1]
 
     if cu_seqlens is not None:
@@ -104,7 +104,7 @@ def causal_conv1d_silu(
         expect(initial_conv_state.is_floating_point(), "initial_conv_state",
                 "a floating-point tensor", initial_conv_state.dtype)
         expect(tuple(initial_conv_state.shape) == (N, E, W - 1), "initial_conv_state",
-                f"shape ({N}, {E}, {W - 1}) (N = "
+                lambda: f"shape ({N}, {E}, {W - 1}) (N = "
                 f"{'number of sequences' if cu_seqlens is not None else 'batch'})",
                 tuple(initial_conv_state.shape))
         initial_conv_state = initial_conv_state.to(x.dtype).contiguous()
