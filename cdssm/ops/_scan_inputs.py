@@ -51,7 +51,7 @@ def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqle
         v = v.reshape(B, T, H, P, 2)
     else:
         expect(v.dim() == 5 and tuple(v.shape[:3]) == (B, T, H) and v.shape[4] == 2
-                and v.shape[3] > 0, "v", f"shape ({B}, {T}, {H}, P, 2)", tuple(v.shape))
+                and v.shape[3] > 0, "v", lambda: f"shape ({B}, {T}, {H}, P, 2)", tuple(v.shape))
         P = v.shape[3]
         flat_output = False
     expect(tuple(beta.shape) == (B, T, H), "beta", lambda: f"shape ({B}, {T}, {H})", tuple(beta.shape))
