@@ -6,23 +6,28 @@
 //   E_tj = e^{G_t − G_j} (t ≥ j),  Γ_t = e^{G_t},  G = cumsum(log_decay + i·phase)
 //   u = u_loc − Γ ⊙ (W s0ᵀ),   u_loc = (T_real ⊙ E)(β ⊙ v^c)
 //   y_t = Γ_t (q_t·s0) + Σ_{j≤t} E_tj (q_t·k_j) u_j
-//   s_end = Γ_{n−1} s0 + Σ_j E_{n−1,j} u_j k_j = Γ_{n−1} (I − Kᵀ W) s0 + Σ_j E_{n−1,j} u_loc_j k_j
+//   s_end = Γ_{n−1} s0 + Σ_j E_{n−1,j} u_j k_j = Γ_{n−1} ⊙ (M s0) + c,
+//   M = I − Kᵀ W (real, D × D, shared by the pairs),  c = Kᵀ(E_{n−1,:} ⊙ u_loc)
+// (E_{n−1,j} Γ_j = Γ_{n−1}), so the sequential part is one D × D matrix per chunk.
 //
-// Forward: (1) chunk_prepare, parallel over (chunk, head): W, u_loc, Γ, E_{n−1,:};
-// (2) state_pass, sequential over the chunks of one (sequence, head): boundary states and u;
-// (3) chunk_output, parallel: y.
+// Forward: (1) chunk_prepare, parallel over (chunk, head): W, u_loc, M, c, Γ_{n−1};
+// (2) state_chain, sequential over the chunks of one (sequence, head): boundary states;
+// (3) chunk_output, parallel: u from the boundary state, y.
 // Backward (gradients dx = ∂L/∂Re x + i·∂L/∂Im x, as the CPU kernel): the chunk-start gradient is
-//   ds0 = conj(Γ_{n−1}) (ds − Wᵀ (K ds)) + ds_loc,
+//   ds0 = conj(Γ_{n−1}) ⊙ (Mᵀ ds) + ds_loc,
 //   ds_loc = Qᵀ(conj(Γ) ⊙ dy) − Kᵀ(β ⊙ conj(Γ) ⊙ db_loc),  db_loc = (T_real ⊙ E)ᴴ du_loc,
 //   du_loc = (QKᵀ ⊙ E)ᴴ dy,
-// so (1) bwd_local, parallel: W, ds_loc, Γ_{n−1}; (2) state_bwd_pass, reverse sequential: ds at
-// every chunk end; (3) chunk_bwd, parallel: the CPU kernel's per-chunk backward from s0 and ds.
+// so (1) bwd_local, parallel: Mᵀ, ds_loc, Γ_{n−1}; (2) state_chain in reverse: ds at every chunk
+// end; (3) chunk_bwd, parallel: the CPU kernel's per-chunk backward from s0 and ds.
 //
 // Phases of G are kept wrapped to (−π, π] so that the fast sincos of E sees |arg| < 2π.
+// Shared-memory tiles of D columns have row stride D + 1 and tiles of C columns C + 1 (no bank
+// conflicts when a warp walks down a column).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline.h>
 
 #include <cstdint>
 
@@ -149,13 +154,13 @@ __device__ inline void* block_scratch(void* global_scratch, int64_t bytes) {
 // ---------------------------------------------------------------------------------------------
 // Block-wide building blocks (all threads call them; each ends without a barrier).
 
-// dst[t·D + d] = src row (tok0 + t, h), t < m.
+// dst[t·(D+1) + d] = src row (tok0 + t, h), t < m.
 template <typename scalar_t, typename acc_t>
 __device__ void load_rows(acc_t* dst, const scalar_t* src, const Inputs<scalar_t, acc_t>& in,
                           int64_t tok0, int m, int h) {
   for (int i = threadIdx.x; i < m * in.D; i += blockDim.x) {
     const int t = i / in.D, d = i % in.D;
-    dst[i] = to_acc(src[in.qk(tok0 + t, h) + d]);
+    dst[t * (in.D + 1) + d] = to_acc(src[in.qk(tok0 + t, h) + d]);
   }
 }
 
@@ -183,7 +188,7 @@ __device__ void cumulate_decay(Cx<acc_t>* G, Cx<acc_t>* gamma, int m, int C, int
   }
 }
 
-// out[t·C + j] = a_t·b_j for j ≤ t (j < t when strict), t < m.
+// out[t·(C+1) + j] = a_t·b_j for j ≤ t (j < t when strict), t < m.
 template <typename acc_t>
 __device__ void lower_gram(acc_t* out, const acc_t* a, const acc_t* b, int m, int C, int D,
                            bool strict) {
@@ -191,8 +196,8 @@ __device__ void lower_gram(acc_t* out, const acc_t* a, const acc_t* b, int m, in
     const int t = i / m, j = i % m;
     if (strict ? j >= t : j > t) continue;
     acc_t acc = 0;
-    for (int d = 0; d < D; ++d) acc += a[t * D + d] * b[j * D + d];
-    out[t * C + j] = acc;
+    for (int d = 0; d < D; ++d) acc += a[t * (D + 1) + d] * b[j * (D + 1) + d];
+    out[t * (C + 1) + j] = acc;
   }
 }
 
@@ -200,26 +205,40 @@ __device__ void lower_gram(acc_t* out, const acc_t* a, const acc_t* b, int m, in
 // T_tj = −β_t (KK_tj + Σ_{j<l<t} KK_tl T_lj), T_jj = 1, T_tj = 0 for t < j.
 template <typename acc_t>
 __device__ void unit_lower_inverse(acc_t* T, const acc_t* KK, const acc_t* beta, int m, int C) {
+  const int L = C + 1;  // row stride
   for (int j = threadIdx.x; j < m; j += blockDim.x) {
-    for (int l = 0; l < j; ++l) T[l * C + j] = 0;
-    T[j * C + j] = 1;
+    for (int l = 0; l < j; ++l) T[l * L + j] = 0;
+    T[j * L + j] = 1;
     for (int t = j + 1; t < m; ++t) {
-      acc_t acc = KK[t * C + j];
-      for (int l = j + 1; l < t; ++l) acc += KK[t * C + l] * T[l * C + j];
-      T[t * C + j] = -beta[t] * acc;
+      acc_t acc = KK[t * L + j];
+      for (int l = j + 1; l < t; ++l) acc += KK[t * L + l] * T[l * L + j];
+      T[t * L + j] = -beta[t] * acc;
     }
   }
 }
 
-// W_td = Σ_{j≤t} T_tj β_j K_jd into global W (C × D rows of this chunk).
+// W_td = Σ_{j≤t} T_tj β_j K_jd into the tile W, and densely into global Wg (if given).
 template <typename acc_t>
-__device__ void store_w(acc_t* W, const acc_t* T, const acc_t* beta, const acc_t* K, int m, int C,
-                        int D) {
+__device__ void w_tile(acc_t* W, acc_t* Wg, const acc_t* T, const acc_t* beta, const acc_t* K,
+                       int m, int C, int D) {
   for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
     const int t = i / D, d = i % D;
     acc_t acc = 0;
-    for (int j = 0; j <= t; ++j) acc += T[t * C + j] * beta[j] * K[j * D + d];
-    W[i] = acc;
+    for (int j = 0; j <= t; ++j) acc += T[t * (C + 1) + j] * beta[j] * K[j * (D + 1) + d];
+    W[t * (D + 1) + d] = acc;
+    if (Wg) Wg[i] = acc;
+  }
+}
+
+// M = I − Kᵀ W (D × D, the decay-free part of the chunk's state map), densely into global Mg;
+// transposed when `transpose` (the backward pass applies Mᵀ).
+template <typename acc_t>
+__device__ void state_map(acc_t* Mg, const acc_t* K, const acc_t* W, int m, int D, bool transpose) {
+  for (int i = threadIdx.x; i < D * D; i += blockDim.x) {
+    const int d = i / D, e = i % D;
+    acc_t acc = d == e ? acc_t(1) : acc_t(0);
+    for (int t = 0; t < m; ++t) acc -= K[t * (D + 1) + d] * W[t * (D + 1) + e];
+    Mg[transpose ? e * D + d : i] = acc;
   }
 }
 
@@ -309,36 +328,41 @@ __global__ void fill_nan_if_invalid_kernel(T* x, int64_t numel, const int* valid
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward (1): per (chunk, head): W (C × D), and per token and pair u_loc, Γ, E_{n−1,t}.
+// Forward (1): per (chunk, head): W (C, D) and u_loc (C, P) for the output kernel, and the
+// chunk's state map s ← Γ_{n−1} ⊙ (M s) + c: M = I − Kᵀ W (D, D), c = Kᵀ(E_{n−1,:} ⊙ u_loc) (P, D),
+// Γ_{n−1} (P).
 
 template <typename acc_t>
 struct PrepareScratch {
-  acc_t *K, *KK, *T, *beta;
-  Cx<acc_t> *G, *vb;
+  acc_t *K, *W, *KK, *T, *beta;
+  Cx<acc_t> *G, *vb, *eu;
   int64_t bytes;
   __host__ __device__ PrepareScratch(void* base, int C, int D, int P) {
     Carve c{reinterpret_cast<uintptr_t>(base)};
-    K = c.take<acc_t>(int64_t(C) * D);
-    KK = c.take<acc_t>(int64_t(C) * C);
-    T = c.take<acc_t>(int64_t(C) * C);
+    K = c.take<acc_t>(int64_t(C) * (D + 1));
+    W = c.take<acc_t>(int64_t(C) * (D + 1));
+    KK = c.take<acc_t>(int64_t(C) * (C + 1));
+    T = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     vb = c.take<Cx<acc_t>>(int64_t(C) * P);
+    eu = c.take<Cx<acc_t>>(int64_t(C) * P);
     bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
   }
 };
 
-// Per-chunk workspace of the forward, indexed by (row, head): W (C, D); ul, gam, eend (C, P).
+// Per-chunk workspace, indexed by (row, head): W (C, D), u_loc (C, P) [forward only]; the state
+// map M (D, D) (transposed in the backward), c (P, D), Γ_{n−1} (P).
 template <typename acc_t>
-struct ForwardWork {
-  acc_t* W;
-  Cx<acc_t> *ul, *gam, *eend, *u;
+struct ChunkWork {
+  acc_t *W, *M;
+  Cx<acc_t> *ul, *c, *gam_end;
 };
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t, acc_t> in,
                                                                  Sequences seq,
-                                                                 ForwardWork<acc_t> ws,
+                                                                 ChunkWork<acc_t> ws,
                                                                  void* global_scratch) {
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
@@ -362,96 +386,146 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
   unit_lower_inverse(s.T, s.KK, s.beta, m, C);
   __syncthreads();
   const int64_t wrow = c.row * in.H + h;
-  store_w(ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
+  w_tile(s.W, ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
+  // u_loc_t = Σ_{j≤t} E_tj T_tj β_j v^c_j;  eu_t = E_{n−1,t} u_loc_t.
   for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
     const int t = i / P, p = i % P;
     const Cx<acc_t>* G = s.G + p * C;
     Cx<acc_t> acc;
-    for (int j = 0; j <= t; ++j) acc += edecay(G, t, j) * s.vb[j * P + p] * s.T[t * C + j];
-    const int64_t o = wrow * C * P + i;
-    ws.ul[o] = acc;
-    ws.gam[o] = cexp(G[t]);
-    ws.eend[o] = edecay(G, m - 1, t);
+    for (int j = 0; j <= t; ++j) acc += edecay(G, t, j) * s.vb[j * P + p] * s.T[t * (C + 1) + j];
+    ws.ul[wrow * C * P + i] = acc;
+    s.eu[i] = edecay(G, m - 1, t) * acc;
   }
+  __syncthreads();
+  state_map(ws.M + wrow * D * D, s.K, s.W, m, D, false);
+  for (int i = threadIdx.x; i < P * D; i += blockDim.x) {
+    const int p = i / D, d = i % D;
+    Cx<acc_t> acc;
+    for (int t = 0; t < m; ++t) acc += s.eu[t * P + p] * s.K[t * (D + 1) + d];
+    ws.c[wrow * P * D + i] = acc;
+  }
+  for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end[wrow * P + p] = cexp(s.G[p * C + m - 1]);
 }
 
-// Forward (2): per (sequence, head), chunks in order: boundary state, u = u_loc − Γ ⊙ (W s),
-// s ← Γ_{n−1} s + Σ_t E_{n−1,t} u_t k_t; final state and the mean chunk-end ‖S‖².
+// Forward (2) and backward (2): per (sequence, head), the chain of chunk state maps, in order
+// (forward: s ← Γ_{n−1} ⊙ (M s) + c, storing s at every chunk start, then the final state and
+// the mean chunk-end ‖S‖²) or in reverse (backward: ds ← conj(Γ_{n−1}) ⊙ (Mᵀ ds) + ds_loc,
+// storing ds at every chunk end, then the initial-state gradient). The next chunk's M, c, Γ are
+// copied into shared memory asynchronously while the current step runs; four threads share a
+// dot product of length D.
 
 template <typename acc_t>
-struct PassScratch {
-  Cx<acc_t> *s, *u;
-  acc_t *W, *K;
+struct ChainScratch {
+  Cx<acc_t> *s, *s_next, *c[2], *gam[2];
+  acc_t* M[2];
   int64_t bytes;
-  __host__ __device__ PassScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
-    s = c.take<Cx<acc_t>>(int64_t(P) * D);
-    u = c.take<Cx<acc_t>>(int64_t(C) * P);
-    W = c.take<acc_t>(int64_t(C) * D);
-    K = c.take<acc_t>(int64_t(C) * D);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+  __host__ __device__ ChainScratch(void* base, int D, int P) {
+    Carve cv{reinterpret_cast<uintptr_t>(base)};
+    s = cv.take<Cx<acc_t>>(int64_t(P) * D);
+    s_next = cv.take<Cx<acc_t>>(int64_t(P) * D);
+    for (int b = 0; b < 2; ++b) {
+      M[b] = cv.take<acc_t>(int64_t(D) * (D + 1));
+      c[b] = cv.take<Cx<acc_t>>(int64_t(P) * D);
+      gam[b] = cv.take<Cx<acc_t>>(P);
+    }
+    bytes = static_cast<int64_t>(cv.at - reinterpret_cast<uintptr_t>(base));
   }
 };
 
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) state_pass_kernel(Inputs<scalar_t, acc_t> in,
-                                                              Sequences seq, ForwardWork<acc_t> ws,
-                                                              const acc_t* initial_state,
-                                                              acc_t* boundary, acc_t* final_state,
-                                                              acc_t* energy, void* global_scratch) {
-  const int C = in.C, D = in.D, P = in.P, H = in.H, h = blockIdx.y;
-  const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
-  PassScratch<acc_t> sc(block_scratch(global_scratch, PassScratch<acc_t>(nullptr, C, D, P).bytes),
-                        C, D, P);
-  load_state(sc.s, initial_state ? initial_state + (n * H + h) * SD : nullptr, P, D);
-  const int64_t len = seq.len[n], n_chunks = (len + C - 1) / C;
-  acc_t energy_sum = 0;
-  __syncthreads();
-  for (int64_t i = 0; i < n_chunks; ++i) {
-    const int64_t row = seq.chunk_row[n] + i, wrow = row * H + h, tok0 = seq.base[n] + i * C;
-    const int m = static_cast<int>(min64(C, len - i * C));
-    store_state(boundary + wrow * SD, sc.s, P, D);
-    for (int x = threadIdx.x; x < m * D; x += blockDim.x) sc.W[x] = ws.W[wrow * C * D + x];
-    load_rows(sc.K, in.k, in, tok0, m, h);
-    __syncthreads();
-    for (int x = threadIdx.x; x < m * P; x += blockDim.x) {
-      const int t = x / P, p = x % P;
-      Cx<acc_t> r;
-      for (int d = 0; d < D; ++d) r += sc.s[p * D + d] * sc.W[t * D + d];
-      const int64_t o = wrow * C * P + x;
-      const Cx<acc_t> u = ws.ul[o] - ws.gam[o] * r;
-      ws.u[o] = u;
-      sc.u[x] = ws.eend[o] * u;  // E_{n−1,t} u_t
-    }
-    __syncthreads();
-    for (int x = threadIdx.x; x < P * D; x += blockDim.x) {
-      const int p = x / D, d = x % D;
-      Cx<acc_t> acc = ws.gam[wrow * C * P + (m - 1) * P + p] * sc.s[x];
-      for (int t = 0; t < m; ++t) acc += sc.u[t * P + p] * sc.K[t * D + d];
-      sc.s[x] = acc;
-      energy_sum += acc.norm2();
-    }
-    __syncthreads();
-  }
-  if (n_chunks == 0)
-    for (int x = threadIdx.x; x < P * D; x += blockDim.x) energy_sum += sc.s[x].norm2();
-  store_state(final_state + (n * H + h) * SD, sc.s, P, D);
-  const acc_t total = block_sum(energy_sum);
-  if (threadIdx.x == 0) energy[n * H + h] = total / static_cast<acc_t>(n_chunks > 0 ? n_chunks : 1);
+template <typename acc_t>
+__device__ void copy_async(acc_t* dst, const acc_t* src) {
+  __pipeline_memcpy_async(dst, src, sizeof(acc_t));
 }
 
-// Forward (3): per (chunk, head): y_t = Γ_t (q_t·s0) + Σ_{j≤t} E_tj (q_t·k_j) u_j.
+// Issues the copies of chunk (row, head)'s M, c, Γ_{n−1} into Mb, cb, gb.
+template <typename acc_t>
+__device__ void prefetch_map(acc_t* Mb, Cx<acc_t>* cb, Cx<acc_t>* gb, const ChunkWork<acc_t>& ws,
+                             int64_t wrow, int D, int P) {
+  const acc_t* M = ws.M + wrow * D * D;
+  for (int i = threadIdx.x; i < D * D; i += blockDim.x) copy_async(&Mb[(i / D) * (D + 1) + i % D], &M[i]);
+  const acc_t* c = reinterpret_cast<const acc_t*>(ws.c + wrow * P * D);
+  for (int i = threadIdx.x; i < 2 * P * D; i += blockDim.x) copy_async(&reinterpret_cast<acc_t*>(cb)[i], &c[i]);
+  const acc_t* g = reinterpret_cast<const acc_t*>(ws.gam_end + wrow * P);
+  for (int i = threadIdx.x; i < 2 * P; i += blockDim.x) copy_async(&reinterpret_cast<acc_t*>(gb)[i], &g[i]);
+  __pipeline_commit();
+}
+
+template <typename acc_t, bool kForward>
+__global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, int H, int D, int P,
+                                                               int C, ChunkWork<acc_t> ws,
+                                                               const acc_t* state_in,
+                                                               acc_t* boundary, Cx<acc_t>* ds_end,
+                                                               acc_t* state_out, acc_t* energy,
+                                                               void* global_scratch) {
+  const int h = blockIdx.y;
+  const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
+  ChainScratch<acc_t> sc(block_scratch(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
+  load_state(sc.s, state_in ? state_in + (n * H + h) * SD : nullptr, P, D);
+  const int64_t n_chunks = (seq.len[n] + C - 1) / C;
+  const auto wrow_of = [&](int64_t k) {
+    return (seq.chunk_row[n] + (kForward ? k : n_chunks - 1 - k)) * H + h;
+  };
+  if (n_chunks > 0) prefetch_map(sc.M[0], sc.c[0], sc.gam[0], ws, wrow_of(0), D, P);
+  acc_t energy_sum = 0;
+  const int items = 4 * P * D;
+  for (int64_t k = 0; k < n_chunks; ++k) {
+    const bool odd = k & 1;
+    const acc_t* M = odd ? sc.M[1] : sc.M[0];
+    const Cx<acc_t>* cmap = odd ? sc.c[1] : sc.c[0];
+    const Cx<acc_t>* gam = odd ? sc.gam[1] : sc.gam[0];
+    const int64_t wrow = wrow_of(k);
+    if (kForward) store_state(boundary + wrow * SD, sc.s, P, D);
+    else for (int x = threadIdx.x; x < P * D; x += blockDim.x) ds_end[wrow * P * D + x] = sc.s[x];
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    if (k + 1 < n_chunks)
+      prefetch_map(odd ? sc.M[0] : sc.M[1], odd ? sc.c[0] : sc.c[1], odd ? sc.gam[0] : sc.gam[1], ws,
+                   wrow_of(k + 1), D, P);
+    for (int x0 = 0; x0 < items; x0 += blockDim.x) {
+      const int x = x0 + threadIdx.x, item = x / 4, lane = x % 4;
+      Cx<acc_t> acc;
+      if (x < items) {
+        const int p = item / D, d = item % D;
+        for (int e = lane; e < D; e += 4) acc += sc.s[p * D + e] * M[d * (D + 1) + e];
+      }
+      for (int o = 1; o < 4; o *= 2) {
+        acc.re += __shfl_xor_sync(0xffffffffu, acc.re, o);
+        acc.im += __shfl_xor_sync(0xffffffffu, acc.im, o);
+      }
+      if (x < items && lane == 0) {
+        const int p = item / D;
+        const Cx<acc_t> g = kForward ? gam[p] : gam[p].conj();
+        const Cx<acc_t> s_new = g * acc + cmap[item];
+        sc.s_next[item] = s_new;
+        if (kForward) energy_sum += s_new.norm2();
+      }
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < P * D; x += blockDim.x) sc.s[x] = sc.s_next[x];
+    __syncthreads();
+  }
+  store_state(state_out + (n * H + h) * SD, sc.s, P, D);
+  if (kForward) {
+    if (n_chunks == 0)
+      for (int x = threadIdx.x; x < P * D; x += blockDim.x) energy_sum += sc.s[x].norm2();
+    const acc_t total = block_sum(energy_sum);
+    if (threadIdx.x == 0) energy[n * H + h] = total / static_cast<acc_t>(n_chunks > 0 ? n_chunks : 1);
+  }
+}
+
+// Forward (3): per (chunk, head): u = u_loc − Γ ⊙ (W s0), y_t = Γ_t (q_t·s0) + Σ_{j≤t} E_tj (q_t·k_j) u_j.
 
 template <typename acc_t>
 struct OutputScratch {
-  acc_t *Q, *K, *QK;
+  acc_t *Q, *K, *W, *QK;
   Cx<acc_t> *G, *u, *s0;
   int64_t bytes;
   __host__ __device__ OutputScratch(void* base, int C, int D, int P) {
     Carve c{reinterpret_cast<uintptr_t>(base)};
-    Q = c.take<acc_t>(int64_t(C) * D);
-    K = c.take<acc_t>(int64_t(C) * D);
-    QK = c.take<acc_t>(int64_t(C) * C);
+    Q = c.take<acc_t>(int64_t(C) * (D + 1));
+    K = c.take<acc_t>(int64_t(C) * (D + 1));
+    W = c.take<acc_t>(int64_t(C) * (D + 1));
+    QK = c.take<acc_t>(int64_t(C) * (C + 1));
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     u = c.take<Cx<acc_t>>(int64_t(C) * P);
     s0 = c.take<Cx<acc_t>>(int64_t(P) * D);
@@ -462,7 +536,7 @@ struct OutputScratch {
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t, acc_t> in,
                                                                 Sequences seq,
-                                                                ForwardWork<acc_t> ws,
+                                                                ChunkWork<acc_t> ws,
                                                                 const acc_t* boundary,
                                                                 scalar_t* o,
                                                                 void* global_scratch) {
@@ -477,18 +551,26 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
   load_rows(s.K, in.k, in, c.tok0, m, h);
   load_decay(s.G, in, c.tok0, m, h);
   load_state(s.s0, boundary + wrow * 2 * P * D, P, D);
-  for (int i = threadIdx.x; i < m * P; i += blockDim.x) s.u[i] = ws.u[wrow * C * P + i];
+  for (int i = threadIdx.x; i < m * D; i += blockDim.x)
+    s.W[(i / D) * (D + 1) + i % D] = ws.W[wrow * C * D + i];
   __syncthreads();
   lower_gram(s.QK, s.Q, s.K, m, C, D, false);
   cumulate_decay(s.G, static_cast<Cx<acc_t>*>(nullptr), m, C, P);
   __syncthreads();
   for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
     const int t = i / P, p = i % P;
+    Cx<acc_t> r;
+    for (int d = 0; d < D; ++d) r += s.s0[p * D + d] * s.W[t * (D + 1) + d];
+    s.u[i] = ws.ul[wrow * C * P + i] - cexp(s.G[p * C + t]) * r;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
+    const int t = i / P, p = i % P;
     const Cx<acc_t>* G = s.G + p * C;
     Cx<acc_t> qs;
-    for (int d = 0; d < D; ++d) qs += s.s0[p * D + d] * s.Q[t * D + d];
+    for (int d = 0; d < D; ++d) qs += s.s0[p * D + d] * s.Q[t * (D + 1) + d];
     Cx<acc_t> y = cexp(G[t]) * qs;
-    for (int j = 0; j <= t; ++j) y += edecay(G, t, j) * s.u[j * P + p] * s.QK[t * C + j];
+    for (int j = 0; j <= t; ++j) y += edecay(G, t, j) * s.u[j * P + p] * s.QK[t * (C + 1) + j];
     scalar_t* ot = o + 2 * (((c.tok0 + t) * in.H + h) * P + p);
     ot[0] = from_acc<scalar_t>(y.re);
     ot[1] = from_acc<scalar_t>(y.im);
@@ -496,26 +578,21 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward (1): per (chunk, head): W, ds_loc (P, D) and Γ_{n−1} (P).
-
-template <typename acc_t>
-struct BackwardWork {
-  acc_t* W;
-  Cx<acc_t> *ds_loc, *gam_end, *ds_end;  // (P, D), (P), (P, D) per (row, head)
-};
+// Backward (1): per (chunk, head): Mᵀ, ds_loc (P, D) (into ChunkWork::c) and Γ_{n−1} (P).
 
 template <typename acc_t>
 struct LocalScratch {
-  acc_t *K, *Q, *KK, *QK, *T, *beta;
+  acc_t *K, *Q, *W, *KK, *QK, *T, *beta;
   Cx<acc_t> *G, *gam, *dy, *du, *db;
   int64_t bytes;
   __host__ __device__ LocalScratch(void* base, int C, int D, int P) {
     Carve c{reinterpret_cast<uintptr_t>(base)};
-    K = c.take<acc_t>(int64_t(C) * D);
-    Q = c.take<acc_t>(int64_t(C) * D);
-    KK = c.take<acc_t>(int64_t(C) * C);
-    QK = c.take<acc_t>(int64_t(C) * C);
-    T = c.take<acc_t>(int64_t(C) * C);
+    K = c.take<acc_t>(int64_t(C) * (D + 1));
+    Q = c.take<acc_t>(int64_t(C) * (D + 1));
+    W = c.take<acc_t>(int64_t(C) * (D + 1));
+    KK = c.take<acc_t>(int64_t(C) * (C + 1));
+    QK = c.take<acc_t>(int64_t(C) * (C + 1));
+    T = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     gam = c.take<Cx<acc_t>>(int64_t(C) * P);
@@ -526,7 +603,7 @@ struct LocalScratch {
   }
 };
 
-// K, Q, β into scratch; KK (strict), QK (inclusive); G cumulated with Γ; T_real. dy (C, P) too.
+// K, Q, β into scratch; KK (strict), QK (inclusive); G cumulated with Γ; T_real. dy (P, C) too.
 template <typename scalar_t, typename acc_t>
 __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const scalar_t* grad_o,
                                     const ChunkPos& c, int h, acc_t* K, acc_t* Q, acc_t* KK,
@@ -554,32 +631,33 @@ __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const sca
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, acc_t> in,
                                                              Sequences seq, const scalar_t* grad_o,
-                                                             BackwardWork<acc_t> ws,
+                                                             ChunkWork<acc_t> ws,
                                                              void* global_scratch) {
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
   if (c.m == 0) return;
-  const int m = c.m;
+  const int m = c.m, LC = C + 1, LD = D + 1;
   const int64_t wrow = c.row * in.H + h;
   LocalScratch<acc_t> s(block_scratch(global_scratch, LocalScratch<acc_t>(nullptr, C, D, P).bytes),
                         C, D, P);
   load_backward_chunk(in, grad_o, c, h, s.K, s.Q, s.KK, s.QK, s.T, s.beta, s.G, s.gam, s.dy);
-  store_w(ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
-  // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t  (G, gam, dy are pair-major: [p·C + t])
+  w_tile(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
+  // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t
   for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
     const int p = i / m, j = i % m;
     const Cx<acc_t>* G = s.G + p * C;
     Cx<acc_t> acc;
-    for (int t = j; t < m; ++t) acc += (edecay(G, t, j) * s.QK[t * C + j]).conj() * s.dy[p * C + t];
+    for (int t = j; t < m; ++t) acc += (edecay(G, t, j) * s.QK[t * LC + j]).conj() * s.dy[p * C + t];
     s.du[p * C + j] = acc;
   }
   __syncthreads();
+  state_map(ws.M + wrow * D * D, s.K, s.W, m, D, true);
   // db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
   for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
     const int p = i / m, j = i % m;
     const Cx<acc_t>* G = s.G + p * C;
     Cx<acc_t> acc;
-    for (int t = j; t < m; ++t) acc += (edecay(G, t, j) * s.T[t * C + j]).conj() * s.du[p * C + t];
+    for (int t = j; t < m; ++t) acc += (edecay(G, t, j) * s.T[t * LC + j]).conj() * s.du[p * C + t];
     s.db[p * C + j] = acc;
   }
   __syncthreads();
@@ -589,53 +667,11 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
     Cx<acc_t> acc;
     for (int t = 0; t < m; ++t) {
       const Cx<acc_t> g = s.gam[p * C + t].conj();
-      acc += g * (s.dy[p * C + t] * s.Q[t * D + d] - s.db[p * C + t] * (s.beta[t] * s.K[t * D + d]));
+      acc += g * (s.dy[p * C + t] * s.Q[t * LD + d] - s.db[p * C + t] * (s.beta[t] * s.K[t * LD + d]));
     }
-    ws.ds_loc[wrow * P * D + i] = acc;
+    ws.c[wrow * P * D + i] = acc;
   }
   for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end[wrow * P + p] = s.gam[p * C + m - 1];
-}
-
-// Backward (2): per (sequence, head), chunks in reverse: ds_end[row] = ds, then
-// ds ← conj(Γ_{n−1}) (ds − Wᵀ (K ds)) + ds_loc; the gradient of the initial state at the end.
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) state_bwd_pass_kernel(Inputs<scalar_t, acc_t> in,
-                                                                  Sequences seq,
-                                                                  BackwardWork<acc_t> ws,
-                                                                  const acc_t* grad_final,
-                                                                  acc_t* grad_initial,
-                                                                  void* global_scratch) {
-  const int C = in.C, D = in.D, P = in.P, H = in.H, h = blockIdx.y;
-  const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
-  PassScratch<acc_t> sc(block_scratch(global_scratch, PassScratch<acc_t>(nullptr, C, D, P).bytes),
-                        C, D, P);
-  load_state(sc.s, grad_final ? grad_final + (n * H + h) * SD : nullptr, P, D);
-  const int64_t len = seq.len[n], n_chunks = (len + C - 1) / C;
-  __syncthreads();
-  for (int64_t i = n_chunks - 1; i >= 0; --i) {
-    const int64_t row = seq.chunk_row[n] + i, wrow = row * H + h, tok0 = seq.base[n] + i * C;
-    const int m = static_cast<int>(min64(C, len - i * C));
-    for (int x = threadIdx.x; x < P * D; x += blockDim.x) ws.ds_end[wrow * P * D + x] = sc.s[x];
-    for (int x = threadIdx.x; x < m * D; x += blockDim.x) sc.W[x] = ws.W[wrow * C * D + x];
-    load_rows(sc.K, in.k, in, tok0, m, h);
-    __syncthreads();
-    for (int x = threadIdx.x; x < m * P; x += blockDim.x) {  // (K ds)_t
-      const int t = x / P, p = x % P;
-      Cx<acc_t> r;
-      for (int d = 0; d < D; ++d) r += sc.s[p * D + d] * sc.K[t * D + d];
-      sc.u[x] = r;
-    }
-    __syncthreads();
-    for (int x = threadIdx.x; x < P * D; x += blockDim.x) {
-      const int p = x / D, d = x % D;
-      Cx<acc_t> acc = sc.s[x];
-      for (int t = 0; t < m; ++t) acc -= sc.u[t * P + p] * sc.W[t * D + d];
-      sc.s[x] = ws.gam_end[wrow * P + p].conj() * acc + ws.ds_loc[wrow * P * D + x];
-    }
-    __syncthreads();
-  }
-  store_state(grad_initial + (n * H + h) * SD, sc.s, P, D);
 }
 
 // Backward (3): per (chunk, head), the CPU kernel's chunk backward from s0 = boundary[row] and
@@ -650,21 +686,21 @@ struct ChunkBwdScratch {
   int64_t bytes;
   __host__ __device__ ChunkBwdScratch(void* base, int C, int D, int P) {
     Carve c{reinterpret_cast<uintptr_t>(base)};
-    K = c.take<acc_t>(int64_t(C) * D);
-    Q = c.take<acc_t>(int64_t(C) * D);
-    dQ = c.take<acc_t>(int64_t(C) * D);
-    dK = c.take<acc_t>(int64_t(C) * D);
-    KK = c.take<acc_t>(int64_t(C) * C);
-    QK = c.take<acc_t>(int64_t(C) * C);
-    T = c.take<acc_t>(int64_t(C) * C);
-    dT = c.take<acc_t>(int64_t(C) * C);
-    dQK = c.take<acc_t>(int64_t(C) * C);
+    K = c.take<acc_t>(int64_t(C) * (D + 1));
+    Q = c.take<acc_t>(int64_t(C) * (D + 1));
+    dQ = c.take<acc_t>(int64_t(C) * (D + 1));
+    dK = c.take<acc_t>(int64_t(C) * (D + 1));
+    KK = c.take<acc_t>(int64_t(C) * (C + 1));
+    QK = c.take<acc_t>(int64_t(C) * (C + 1));
+    T = c.take<acc_t>(int64_t(C) * (C + 1));
+    dT = c.take<acc_t>(int64_t(C) * (C + 1));
+    dQK = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     dB = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     gam = c.take<Cx<acc_t>>(int64_t(C) * P);
     dy = c.take<Cx<acc_t>>(int64_t(C) * P);
-    EH = c.take<Cx<acc_t>>(int64_t(C) * C);
+    EH = c.take<Cx<acc_t>>(int64_t(C) * (C + 1));
     s0 = c.take<Cx<acc_t>>(D);
     ds = c.take<Cx<acc_t>>(D);
     ks = c.take<Cx<acc_t>>(C);
@@ -690,7 +726,7 @@ struct Grads {
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in,
                                                              Sequences seq,
-                                                             BackwardWork<acc_t> ws,
+                                                             const Cx<acc_t>* ds_end,
                                                              const acc_t* boundary,
                                                              Grads<scalar_t, acc_t> gr,
                                                              void* global_scratch) {
@@ -698,16 +734,16 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
   if (c.m == 0) return;
-  const int m = c.m;
+  const int m = c.m, LC = C + 1, LD = D + 1;
   const int64_t wrow = c.row * in.H + h;
   ChunkBwdScratch<acc_t> s(
       block_scratch(global_scratch, ChunkBwdScratch<acc_t>(nullptr, C, D, P).bytes), C, D, P);
   load_backward_chunk(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.QK, s.T, s.beta, s.G, s.gam, s.dy);
   for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-    s.dT[(i / m) * C + i % m] = 0;
-    s.dQK[(i / m) * C + i % m] = 0;
+    s.dT[(i / m) * LC + i % m] = 0;
+    s.dQK[(i / m) * LC + i % m] = 0;
   }
-  for (int i = threadIdx.x; i < m * D; i += blockDim.x) s.dQ[i] = s.dK[i] = 0;
+  for (int i = threadIdx.x; i < m * D; i += blockDim.x) s.dQ[(i / D) * LD + i % D] = s.dK[(i / D) * LD + i % D] = 0;
   for (int t = threadIdx.x; t < m; t += blockDim.x) s.dB[t] = 0;
 
   for (int p = 0; p < P; ++p) {
@@ -715,20 +751,20 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
     const acc_t* s0raw = boundary + wrow * 2 * P * D + 2 * p * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
       s.s0[d] = cx(s0raw[d], s0raw[D + d]);
-      s.ds[d] = ws.ds_end[wrow * P * D + p * D + d];
+      s.ds[d] = ds_end[wrow * P * D + p * D + d];
     }
     for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
       const int t = i / m, j = i % m;
-      if (j <= t) s.EH[t * C + j] = edecay(G, t, j);
+      if (j <= t) s.EH[t * LC + j] = edecay(G, t, j);
     }
     __syncthreads();
     // ks_t = k_t·s0, qs_t = q_t·s0, dc_t = k_t·ds;  b_t = β_t v^c_t − β_t Γ_t ks_t.
     for (int t = threadIdx.x; t < m; t += blockDim.x) {
       cx ks, qs, dc;
       for (int d = 0; d < D; ++d) {
-        ks += s.s0[d] * s.K[t * D + d];
-        qs += s.s0[d] * s.Q[t * D + d];
-        dc += s.ds[d] * s.K[t * D + d];
+        ks += s.s0[d] * s.K[t * LD + d];
+        qs += s.s0[d] * s.Q[t * LD + d];
+        dc += s.ds[d] * s.K[t * LD + d];
       }
       const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
       const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
@@ -740,9 +776,9 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
     __syncthreads();
     // u = (T_real ⊙ E) b;  du_j = dc_j conj(E_{m−1,j}) + Σ_{t≥j} conj(E_tj QK_tj) dy_t.
     for (int t = threadIdx.x; t < m; t += blockDim.x) {
-      cx u, du = s.dc[t] * s.EH[(m - 1) * C + t].conj();
-      for (int j = 0; j <= t; ++j) u += s.EH[t * C + j] * s.b[j] * s.T[t * C + j];
-      for (int l = t; l < m; ++l) du += (s.EH[l * C + t] * s.QK[l * C + t]).conj() * dy[l];
+      cx u, du = s.dc[t] * s.EH[(m - 1) * LC + t].conj();
+      for (int j = 0; j <= t; ++j) u += s.EH[t * LC + j] * s.b[j] * s.T[t * LC + j];
+      for (int l = t; l < m; ++l) du += (s.EH[l * LC + t] * s.QK[l * LC + t]).conj() * dy[l];
       s.u[t] = u;
       s.du[t] = du;
     }
@@ -750,7 +786,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
     // db_j = Σ_{t≥j} conj(E_tj T_tj) du_t.
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
       cx db;
-      for (int t = j; t < m; ++t) db += (s.EH[t * C + j] * s.T[t * C + j]).conj() * s.du[t];
+      for (int t = j; t < m; ++t) db += (s.EH[t * LC + j] * s.T[t * LC + j]).conj() * s.du[t];
       s.db[j] = db;
     }
     __syncthreads();
@@ -758,10 +794,10 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
     // dQ_t += Re(conj(s0) a_t), a_t = dy_t conj(Γ_t).  (reads EH row m−1 before it is reused)
     for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
       const int t = i / D, d = i % D;
-      const cx cu = s.EH[(m - 1) * C + t] * s.u[t];
+      const cx cu = s.EH[(m - 1) * LC + t] * s.u[t];
       const cx dks = gam[t].conj() * s.db[t] * (-s.beta[t]);
-      s.dK[i] += re_conj_mul(cu, s.ds[d]) + re_conj_mul(s.s0[d], dks);
-      s.dQ[i] += re_conj_mul(s.s0[d], dy[t] * gam[t].conj());
+      s.dK[t * LD + d] += re_conj_mul(cu, s.ds[d]) + re_conj_mul(s.s0[d], dks);
+      s.dQ[t * LD + d] += re_conj_mul(s.s0[d], dy[t] * gam[t].conj());
     }
     // dE_tj = QK_tj dy_t conj(u_j) + T_tj du_t conj(b_j) + [t = m−1] dc_j conj(u_j);
     // dQK_tj += Re(conj(E_tj) dy_t conj(u_j)), dT_tj += Re(conj(E_tj) du_t conj(b_j)) (j < t);
@@ -770,14 +806,14 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
     for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
       const int t = i / m, j = i % m;
       if (j > t) continue;
-      const cx e = s.EH[t * C + j];
+      const cx e = s.EH[t * LC + j];
       const cx dM = dy[t] * s.u[j].conj(), dTt = s.du[t] * s.b[j].conj();
-      s.dQK[t * C + j] += re_conj_mul(e, dM);
+      s.dQK[t * LC + j] += re_conj_mul(e, dM);
       if (j == t) continue;
-      s.dT[t * C + j] += re_conj_mul(e, dTt);
-      cx dE = dM * s.QK[t * C + j] + dTt * s.T[t * C + j];
+      s.dT[t * LC + j] += re_conj_mul(e, dTt);
+      cx dE = dM * s.QK[t * LC + j] + dTt * s.T[t * LC + j];
       if (t == m - 1) dE += s.dc[j] * s.u[j].conj();
-      s.EH[t * C + j] = e.conj() * dE;
+      s.EH[t * LC + j] = e.conj() * dE;
     }
     // ‖ds·conj(s0)‖: dΓ_{m−1} += Σ_d ds_d conj(s0_d).
     cx dsum;
@@ -800,8 +836,8 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
         for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w)
           dgam += cx(s.red[2 * w], s.red[2 * w + 1]);
       cx dG = gam[t].conj() * dgam;
-      for (int j = 0; j < t; ++j) dG += s.EH[t * C + j];
-      for (int l = t + 1; l < m; ++l) dG -= s.EH[l * C + t];
+      for (int j = 0; j < t; ++j) dG += s.EH[t * LC + j];
+      for (int l = t + 1; l < m; ++l) dG -= s.EH[l * LC + t];
       s.dG[t] = dG;
       const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
       const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
@@ -826,32 +862,32 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
   for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
     const int l = i / m, j = i % m;
     acc_t x = 0;
-    for (int k = 0; k <= min(l, j); ++k) x += s.dT[l * C + k] * s.T[j * C + k];
-    X[l * C + j] = x;
+    for (int k = 0; k <= min(l, j); ++k) x += s.dT[l * LC + k] * s.T[j * LC + k];
+    X[l * LC + j] = x;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < m * m; i += blockDim.x) {  // dT ← dA_tj = −Σ_{l≥t} T_lt X_lj
     const int t = i / m, j = i % m;
     acc_t a = 0;
     if (j < t)
-      for (int l = t; l < m; ++l) a -= s.T[l * C + t] * X[l * C + j];
-    s.dT[t * C + j] = a;
+      for (int l = t; l < m; ++l) a -= s.T[l * LC + t] * X[l * LC + j];
+    s.dT[t * LC + j] = a;
   }
   __syncthreads();
   // dβ_t += Σ_j dA_tj KK_tj;  dkk_tj = β_t dA_tj (j < t), dqk = dQK:
   // dK_t += Σ_{j<t} dkk_tj k_j + Σ_{l>t} dkk_lt k_l + Σ_{l≥t} dqk_lt q_l,  dQ_t += Σ_{j≤t} dqk_tj k_j.
   for (int t = threadIdx.x; t < m; t += blockDim.x) {
     acc_t acc = s.dB[t];
-    for (int j = 0; j < t; ++j) acc += s.dT[t * C + j] * s.KK[t * C + j];
+    for (int j = 0; j < t; ++j) acc += s.dT[t * LC + j] * s.KK[t * LC + j];
     gr.dbeta[(c.tok0 + t) * in.H + h] = from_acc<scalar_t>(acc);
   }
   for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
     const int t = i / D, d = i % D;
-    acc_t dk = s.dK[i], dq = s.dQ[i];
-    for (int j = 0; j < t; ++j) dk += s.beta[t] * s.dT[t * C + j] * s.K[j * D + d];
-    for (int l = t + 1; l < m; ++l) dk += s.beta[l] * s.dT[l * C + t] * s.K[l * D + d];
-    for (int l = t; l < m; ++l) dk += s.dQK[l * C + t] * s.Q[l * D + d];
-    for (int j = 0; j <= t; ++j) dq += s.dQK[t * C + j] * s.K[j * D + d];
+    acc_t dk = s.dK[t * LD + d], dq = s.dQ[t * LD + d];
+    for (int j = 0; j < t; ++j) dk += s.beta[t] * s.dT[t * LC + j] * s.K[j * LD + d];
+    for (int l = t + 1; l < m; ++l) dk += s.beta[l] * s.dT[l * LC + t] * s.K[l * LD + d];
+    for (int l = t; l < m; ++l) dk += s.dQK[l * LC + t] * s.Q[l * LD + d];
+    for (int j = 0; j <= t; ++j) dq += s.dQK[t * LC + j] * s.K[j * LD + d];
     const int64_t o = in.qk(c.tok0 + t, h) + d;
     gr.dq[o] = from_acc<scalar_t>(dq);
     gr.dk[o] = from_acc<scalar_t>(dk);

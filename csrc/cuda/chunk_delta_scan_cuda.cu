@@ -109,6 +109,24 @@ cuda::Inputs<typename DeviceScalar<scalar_t>::type, at::opmath_type<scalar_t>> d
           static_cast<int>(q.size(3)), static_cast<int>(v.size(3)), static_cast<int>(C)};
 }
 
+// Workspace of `items` (row, head) chunks in one tensor: W and u_loc (forward only), M, c, Γ_{n−1}.
+template <typename acc_t>
+cuda::ChunkWork<acc_t> chunk_work(int64_t items, int64_t C, int64_t D, int64_t P, bool forward,
+                                  const at::TensorOptions& opt, at::Tensor& work) {
+  using cx = cuda::Cx<acc_t>;
+  const int64_t w = forward ? C * D : 0, ul = forward ? 2 * C * P : 0;
+  work = at::empty({items * (w + D * D + ul + 2 * P * D + 2 * P)}, opt);
+  acc_t* p = work.data_ptr<acc_t>();
+  cuda::ChunkWork<acc_t> ws;
+  ws.W = forward ? p : nullptr;
+  ws.M = p + items * w;
+  acc_t* rest = ws.M + items * D * D;
+  ws.ul = forward ? reinterpret_cast<cx*>(rest) : nullptr;
+  ws.c = reinterpret_cast<cx*>(rest + items * ul);
+  ws.gam_end = ws.c + items * P * D;
+  return ws;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
     const at::Tensor& log_decay, const at::Tensor& phase,
@@ -137,21 +155,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
     using acc_t = at::opmath_type<scalar_t>;
     using cx = cuda::Cx<acc_t>;
     const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C);
-    at::Tensor W = at::empty({rows * H * C * D}, sopt);
-    at::Tensor pairs = at::empty({4 * rows * H * C * P * 2}, sopt);  // ul, gam, eend, u
-    cx* pp = reinterpret_cast<cx*>(pairs.data_ptr<acc_t>());
-    const int64_t stride = rows * H * C * P;
-    const cuda::ForwardWork<acc_t> ws{W.data_ptr<acc_t>(), pp, pp + stride, pp + 2 * stride,
-                                      pp + 3 * stride};
+    at::Tensor work;
+    const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, true, sopt, work);
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     launch(cuda::chunk_prepare_kernel<dev_t, acc_t>, chunks,
            cuda::PrepareScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws);
-    launch(cuda::state_pass_kernel<dev_t, acc_t>, heads,
-           cuda::PassScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
+    launch(cuda::state_chain_kernel<acc_t, true>, heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+           q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr,
-           boundary.data_ptr<acc_t>(), final_state.data_ptr<acc_t>(), energy.data_ptr<acc_t>());
+           boundary.data_ptr<acc_t>(), static_cast<cx*>(nullptr), final_state.data_ptr<acc_t>(),
+           energy.data_ptr<acc_t>());
     launch(cuda::chunk_output_kernel<dev_t, acc_t>, chunks,
            cuda::OutputScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
            static_cast<const acc_t*>(boundary.data_ptr<acc_t>()), reinterpret_cast<dev_t*>(o.data_ptr()));
@@ -198,21 +213,20 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
     using acc_t = at::opmath_type<scalar_t>;
     using cx = cuda::Cx<acc_t>;
     const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C);
-    at::Tensor W = at::empty({rows * H * C * D}, log_decay.options());
-    at::Tensor pairs = at::empty({rows * H * P * (2 * D + 1) * 2}, log_decay.options());
-    cx* pp = reinterpret_cast<cx*>(pairs.data_ptr<acc_t>());
-    const cuda::BackwardWork<acc_t> ws{W.data_ptr<acc_t>(), pp, pp + rows * H * P * D,
-                                       pp + rows * H * P * (D + 1)};
+    at::Tensor work;
+    const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, false, log_decay.options(), work);
+    at::Tensor ds_end = at::empty({rows * H * P * D * 2}, log_decay.options());
+    cx* ds_end_p = reinterpret_cast<cx*>(ds_end.data_ptr<acc_t>());
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     const dev_t* go = reinterpret_cast<const dev_t*>(grad_o.data_ptr());
     launch(cuda::bwd_local_kernel<dev_t, acc_t>, chunks,
            cuda::LocalScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, go, ws);
-    launch(cuda::state_bwd_pass_kernel<dev_t, acc_t>, heads,
-           cuda::PassScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
+    launch(cuda::state_chain_kernel<acc_t, false>, heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+           q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
-           dinit.data_ptr<acc_t>());
+           static_cast<acc_t*>(nullptr), ds_end_p, dinit.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr));
     const cuda::Grads<dev_t, acc_t> gr{go,
                                        reinterpret_cast<dev_t*>(dq.data_ptr()),
                                        reinterpret_cast<dev_t*>(dk.data_ptr()),
@@ -220,7 +234,8 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
                                        reinterpret_cast<dev_t*>(dbeta.data_ptr()),
                                        dld.data_ptr<acc_t>(), dph.data_ptr<acc_t>()};
     launch(cuda::chunk_bwd_kernel<dev_t, acc_t>, chunks,
-           cuda::ChunkBwdScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
+           cuda::ChunkBwdScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
+           static_cast<const cx*>(ds_end_p),
            static_cast<const acc_t*>(boundary_states.data_ptr<acc_t>()), gr);
   });
   if (cu_seqlens.has_value())
