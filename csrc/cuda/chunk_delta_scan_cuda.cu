@@ -1,0 +1,253 @@
+// TORCH_LIBRARY_IMPL(cdssm, CUDA) of chunk_delta_scan_{fwd,bwd}: argument checks, workspaces and
+// launches on the current stream; the kernels are in chunk_delta_scan.cuh.
+//
+// cu_seqlens are validated on the device (no host sync): invalid offsets make every output NaN.
+// Scratch that does not fit in shared memory (large chunk_size × head_dim, fp64) lives in global
+// memory instead, one slice per block, with the same kernels.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../cpu/delta_scan_cpu.h"
+#include "chunk_delta_scan.cuh"
+
+namespace cdssm {
+namespace {
+
+using cuda::kThreads;
+
+template <typename T>
+struct DeviceScalar { using type = T; };
+template <>
+struct DeviceScalar<at::BFloat16> { using type = __nv_bfloat16; };
+template <>
+struct DeviceScalar<at::Half> { using type = __half; };
+
+// The sequence table on the device, and the number of boundary rows (the static bound).
+struct SequenceTable {
+  at::Tensor table, valid;
+  cuda::Sequences seq;
+  int64_t rows;
+};
+
+SequenceTable make_sequence_table(int64_t B, int64_t T, const std::optional<at::Tensor>& cu_seqlens,
+                                  int64_t C, const at::Tensor& like, cudaStream_t stream) {
+  const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : B;
+  const int64_t NC = (T + C - 1) / C;
+  SequenceTable st;
+  st.table = at::empty({3 * N + 1}, like.options().dtype(at::kLong));
+  st.valid = at::empty({1}, like.options().dtype(at::kInt));
+  int64_t* p = st.table.data_ptr<int64_t>();
+  st.seq = {p, p + N, p + 2 * N, N};
+  st.rows = cu_seqlens.has_value() ? NC + N : B * NC;
+  cuda::sequence_table_kernel<<<1, 1024, 0, stream>>>(
+      cu_seqlens.has_value() ? cu_seqlens->data_ptr<int32_t>() : nullptr, N, T,
+      static_cast<int>(C), p, p + N, p + 2 * N, st.valid.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return st;
+}
+
+// Launches kernel<<<grid, kThreads>>>(args..., scratch) with `bytes` of scratch per block: in
+// shared memory when the device allows it, else in a global buffer.
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, int64_t bytes, const at::Tensor& like,
+            cudaStream_t stream, Args... args) {
+  if (grid.x == 0 || grid.y == 0) return;
+  const int64_t smem_limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  at::Tensor global_scratch;
+  void* scratch = nullptr;
+  int64_t smem = bytes;
+  if (bytes > smem_limit) {
+    global_scratch = at::empty({static_cast<int64_t>(grid.x) * grid.y * bytes},
+                               like.options().dtype(at::kByte));
+    scratch = global_scratch.data_ptr();
+    smem = 0;
+  } else if (bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+  }
+  kernel<<<grid, kThreads, smem, stream>>>(args..., scratch);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void fill_nan_if_invalid(at::Tensor& x, const SequenceTable& st, cudaStream_t stream) {
+  const int64_t numel = x.numel();
+  if (numel == 0) return;
+  const int blocks = static_cast<int>(std::min<int64_t>((numel + 255) / 256, 1024));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fill_nan", [&] {
+    using dev_t = typename DeviceScalar<scalar_t>::type;
+    cuda::fill_nan_if_invalid_kernel<dev_t><<<blocks, 256, 0, stream>>>(
+        reinterpret_cast<dev_t*>(x.data_ptr()), numel, st.valid.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void check_cuda_inputs(const at::Tensor& q, const std::optional<at::Tensor>& cu_seqlens,
+                       int64_t chunk_size) {
+  TORCH_CHECK(q.is_cuda(), "q: expected a CUDA tensor");
+  TORCH_CHECK(!cu_seqlens.has_value() || (cu_seqlens->device() == q.device() &&
+                                          cu_seqlens->is_contiguous()),
+              "cu_seqlens: expected a contiguous tensor on ", q.device());
+  TORCH_CHECK(chunk_size >= 1 && chunk_size <= 1024, "chunk_size: expected 1..1024, got ",
+              chunk_size);
+  TORCH_CHECK(q.size(2) <= 65535, "q: at most 65535 heads on CUDA, got ", q.size(2));
+}
+
+template <typename scalar_t>
+cuda::Inputs<typename DeviceScalar<scalar_t>::type, at::opmath_type<scalar_t>> device_inputs(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
+    const at::Tensor& log_decay, const at::Tensor& phase, int64_t C) {
+  using dev_t = typename DeviceScalar<scalar_t>::type;
+  using acc_t = at::opmath_type<scalar_t>;
+  return {reinterpret_cast<const dev_t*>(q.data_ptr()), reinterpret_cast<const dev_t*>(k.data_ptr()),
+          reinterpret_cast<const dev_t*>(v.data_ptr()), reinterpret_cast<const dev_t*>(beta.data_ptr()),
+          log_decay.data_ptr<acc_t>(), phase.data_ptr<acc_t>(), static_cast<int>(q.size(2)),
+          static_cast<int>(q.size(3)), static_cast<int>(v.size(3)), static_cast<int>(C)};
+}
+
+// Workspace of `items` (row, head) chunks in one tensor: W and u_loc (forward only), M, c, Γ_{n−1}.
+template <typename acc_t>
+cuda::ChunkWork<acc_t> chunk_work(int64_t items, int64_t C, int64_t D, int64_t P, bool forward,
+                                  const at::TensorOptions& opt, at::Tensor& work) {
+  using cx = cuda::Cx<acc_t>;
+  const int64_t w = forward ? C * D : 0, ul = forward ? 2 * C * P : 0;
+  work = at::empty({items * (w + D * D + ul + 2 * P * D + 2 * P)}, opt);
+  acc_t* p = work.data_ptr<acc_t>();
+  cuda::ChunkWork<acc_t> ws;
+  ws.W = forward ? p : nullptr;
+  ws.M = p + items * w;
+  acc_t* rest = ws.M + items * D * D;
+  ws.ul = forward ? reinterpret_cast<cx*>(rest) : nullptr;
+  ws.c = reinterpret_cast<cx*>(rest + items * ul);
+  ws.gam_end = ws.c + items * P * D;
+  return ws;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
+    const at::Tensor& log_decay, const at::Tensor& phase,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens,
+    int64_t chunk_size) {
+  check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens);
+  check_state(initial_state, "initial_state", q, v, log_decay, cu_seqlens);
+  check_cuda_inputs(q, cu_seqlens, chunk_size);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t C = chunk_size, B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3),
+                P = v.size(3);
+  const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : B, NC = (T + C - 1) / C;
+  const auto sopt = q.options().dtype(log_decay.scalar_type());
+  at::Tensor o = at::empty({B, T, H, P, 2}, q.options());
+  at::Tensor final_state = at::empty({N, H, 2 * P, D}, sopt);
+  at::Tensor boundary = cu_seqlens.has_value() ? at::zeros({NC + N, H, 2 * P, D}, sopt)
+                                               : at::empty({B, NC, H, 2 * P, D}, sopt);
+  at::Tensor energy = at::empty({N, H}, sopt);
+  if (N == 0 || H == 0) return {o, final_state, boundary, energy};
+  const SequenceTable st = make_sequence_table(B, T, cu_seqlens, C, q, stream);
+  const int64_t rows = st.rows;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "chunk_delta_scan_fwd_cuda", [&] {
+    using dev_t = typename DeviceScalar<scalar_t>::type;
+    using acc_t = at::opmath_type<scalar_t>;
+    using cx = cuda::Cx<acc_t>;
+    const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C);
+    at::Tensor work;
+    const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, true, sopt, work);
+    const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
+    const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
+    const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
+    launch(cuda::chunk_prepare_kernel<dev_t, acc_t>, chunks,
+           cuda::PrepareScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws);
+    launch(cuda::state_chain_kernel<acc_t, true>, heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+           q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
+           initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr,
+           boundary.data_ptr<acc_t>(), static_cast<cx*>(nullptr), final_state.data_ptr<acc_t>(),
+           energy.data_ptr<acc_t>());
+    launch(cuda::chunk_output_kernel<dev_t, acc_t>, chunks,
+           cuda::OutputScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
+           static_cast<const acc_t*>(boundary.data_ptr<acc_t>()), reinterpret_cast<dev_t*>(o.data_ptr()));
+  });
+  if (cu_seqlens.has_value())
+    for (at::Tensor* x : {&o, &final_state, &boundary, &energy}) fill_nan_if_invalid(*x, st, stream);
+  return {o, final_state, boundary, energy};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tensor>& grad_final_state,
+                          const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& beta, const at::Tensor& log_decay,
+                          const at::Tensor& phase, const at::Tensor& boundary_states,
+                          const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size) {
+  check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens);
+  check_state(grad_final_state, "grad_final_state", q, v, log_decay, cu_seqlens);
+  check_cuda_inputs(q, cu_seqlens, chunk_size);
+  const int64_t C = chunk_size, B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3),
+                P = v.size(3);
+  const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : B, NC = (T + C - 1) / C;
+  TORCH_CHECK(grad_o.sizes() == v.sizes() && grad_o.scalar_type() == q.scalar_type() &&
+                  grad_o.is_contiguous() && grad_o.device() == q.device(),
+              "grad_o: expected a contiguous ", q.scalar_type(), " tensor of shape ", v.sizes(),
+              " on ", q.device());
+  const int64_t expected_rows = cu_seqlens.has_value() ? NC + N : B * NC;
+  TORCH_CHECK(boundary_states.numel() == expected_rows * H * 2 * P * D &&
+                  boundary_states.scalar_type() == log_decay.scalar_type() &&
+                  boundary_states.is_contiguous() && boundary_states.device() == q.device(),
+              "boundary_states: expected the forward's chunk-start states (", expected_rows,
+              " rows of (H, 2P, D)), got ", boundary_states.sizes());
+  const c10::cuda::CUDAGuard guard(q.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  at::Tensor dbeta = at::empty_like(beta), dld = at::empty_like(log_decay),
+             dph = at::empty_like(phase);
+  at::Tensor dinit = at::empty({N, H, 2 * P, D}, log_decay.options());
+  if (N == 0 || H == 0) return {dq, dk, dv, dbeta, dld, dph, dinit};
+  const SequenceTable st = make_sequence_table(B, T, cu_seqlens, C, q, stream);
+  const int64_t rows = st.rows;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "chunk_delta_scan_bwd_cuda", [&] {
+    using dev_t = typename DeviceScalar<scalar_t>::type;
+    using acc_t = at::opmath_type<scalar_t>;
+    using cx = cuda::Cx<acc_t>;
+    const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C);
+    at::Tensor work;
+    const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, false, log_decay.options(), work);
+    at::Tensor ds_end = at::empty({rows * H * P * D * 2}, log_decay.options());
+    cx* ds_end_p = reinterpret_cast<cx*>(ds_end.data_ptr<acc_t>());
+    const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
+    const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
+    const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
+    const dev_t* go = reinterpret_cast<const dev_t*>(grad_o.data_ptr());
+    launch(cuda::bwd_local_kernel<dev_t, acc_t>, chunks,
+           cuda::LocalScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, go, ws);
+    launch(cuda::state_chain_kernel<acc_t, false>, heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+           q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
+           grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
+           static_cast<acc_t*>(nullptr), ds_end_p, dinit.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr));
+    const cuda::Grads<dev_t, acc_t> gr{go,
+                                       reinterpret_cast<dev_t*>(dq.data_ptr()),
+                                       reinterpret_cast<dev_t*>(dk.data_ptr()),
+                                       reinterpret_cast<dev_t*>(dv.data_ptr()),
+                                       reinterpret_cast<dev_t*>(dbeta.data_ptr()),
+                                       dld.data_ptr<acc_t>(), dph.data_ptr<acc_t>()};
+    launch(cuda::chunk_bwd_kernel<dev_t, acc_t>, chunks,
+           cuda::ChunkBwdScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
+           static_cast<const cx*>(ds_end_p),
+           static_cast<const acc_t*>(boundary_states.data_ptr<acc_t>()), gr);
+  });
+  if (cu_seqlens.has_value())
+    for (at::Tensor* x : {&dq, &dk, &dv, &dbeta, &dld, &dph, &dinit}) fill_nan_if_invalid(*x, st, stream);
+  return {dq, dk, dv, dbeta, dld, dph, dinit};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cdssm, CUDA, m) {
+  m.impl("chunk_delta_scan_fwd", &chunk_delta_scan_fwd_cuda);
+  m.impl("chunk_delta_scan_bwd", &chunk_delta_scan_bwd_cuda);
+}
+
+}  // namespace cdssm

@@ -1,0 +1,180 @@
+"""GPU validation: every CUDA scan kernel against the CPU kernel in float64, as a pass/fail table.
+
+For each case the inputs are drawn once, rounded to the case's dtype, and run through
+  - the CUDA ops (chunk_delta_scan_fwd, chunk_delta_scan_bwd) in that dtype, and
+  - the CPU ops in float64 on the same rounded values (the CPU kernel matches the float64 oracle
+    and autograd to 1e-10, tests/test_delta_scan.py),
+and every output (o, final state, boundary states, state energy) and every gradient is compared by
+‖out − ref‖ / ‖ref‖. The CUDA caching allocator is filled with NaN before each call, so an output
+element the kernels never write shows up as NaN. Then: invalid cu_seqlens give NaN (no host sync),
+and torch.library.opcheck runs on CUDA samples.
+
+Example: python tools/gpu_check.py [--json runs/gpu_check.json]   (exits 1 on any failure)
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+import cdssm.ops  # noqa: E402,F401  (loads the op library)
+from scan_cases import make_inputs  # noqa: E402
+
+OPS = torch.ops.cdssm
+# ‖out − ref‖ / ‖ref‖ allowed per dtype (outputs are rounded to the dtype; state math is fp32).
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1.5e-2}
+FWD_NAMES = ("o", "final", "boundary", "energy")
+GRAD_NAMES = ("dq", "dk", "dv", "dbeta", "dlog_decay", "dphase", "dinitial")
+
+
+def _lengths_to_cu(lengths):
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    return torch.tensor(offsets, dtype=torch.int32)
+
+
+def cases():
+    """(name, dtype, B, T, H, D, P, C, decay, initial_state, sequence lengths or None)."""
+    out = []
+    small = [  # the CPU tests' shapes
+        (2, 50, 2, 16, 1, 16, "random", True, None),
+        (1, 64, 3, 8, 2, 32, "near_one", True, None),
+        (1, 100, 2, 8, 1, 64, "small", True, None),
+        (1, 40, 2, 8, 2, 16, "zero", True, None),
+        (2, 7, 2, 8, 8, 64, "random", True, None),
+        (1, 129, 1, 64, 1, 64, "random", True, None),
+        (1, 33, 2, 4, 8, 32, "near_one", False, None),
+        (1, 30, 2, 4, 8, 8, "small", True, None),
+        (1, 26, 1, 8, 2, 8, "random", True, [9, 0, 17]),
+        (1, 63, 2, 8, 1, 64, "random", False, [5, 0, 40, 17, 1]),
+        (1, 63, 2, 8, 8, 16, "random", True, [5, 0, 40, 17, 1]),
+    ]
+    for dtype in (torch.float64, torch.float32):
+        for B, T, H, D, P, C, decay, init, lengths in small:
+            out.append(("small", dtype, B, T, H, D, P, C, decay, init, lengths))
+    for dtype in (torch.float32, torch.bfloat16):
+        for P in (1, 2, 8):
+            out.append(("chunk64", dtype, 4, 1000, 3, 64, P, 64, "random", True, None))
+            out.append(("varlen", dtype, 1, 4001, 2, 64, P, 64, "random", True,
+                        [100, 0, 3000, 64, 1, 836]))
+        out.append(("long", dtype, 1, 32768, 2, 64, 1, 64, "random", True, None))
+        out.append(("long_slow", dtype, 1, 32768, 2, 64, 2, 64, "near_one", True, None))
+    out.append(("fp16", torch.float16, 2, 500, 2, 64, 2, 64, "random", True, None))
+    return out
+
+
+def _poison_cuda_allocator(nbytes=1 << 30):
+    """Fill the caching allocator's free blocks with NaN so unwritten outputs are visible."""
+    torch.empty(nbytes // 4, device="cuda").fill_(float("nan"))
+
+
+def _rel(out, ref):
+    out, ref = out.double().cpu(), ref.double()
+    denom = ref.norm().item()
+    err = (out - ref).norm().item()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return err / denom if denom > 0 else err
+
+
+def run_case(case, seed):
+    name, dtype, B, T, H, D, P, C, decay, init, lengths = case
+    cu = None if lengths is None else _lengths_to_cu(lengths)
+    N = B if cu is None else len(lengths)
+    q, k, v, beta, ld, ph, s0 = make_inputs(B, T, H, D, P, dtype=dtype, decay=decay,
+                                            initial_state=init, n_states=N, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    grad_o = torch.randn(B, T, H, P, 2, generator=gen, dtype=torch.float64).to(dtype)
+    sdt = ld.dtype
+    grad_final = torch.randn(N, H, 2 * P, D, generator=gen, dtype=torch.float64).to(sdt)
+    cpu64 = [None if t is None else t.double() for t in (q, k, v, beta, ld, ph, s0)]
+    ref_fwd = OPS.chunk_delta_scan_fwd(*cpu64, cu, C)
+    ref_bwd = OPS.chunk_delta_scan_bwd(grad_o.double(), grad_final.double(), *cpu64[:6], ref_fwd[2],
+                                       cu, C)
+    dev = [None if t is None else t.cuda() for t in (q, k, v, beta, ld, ph, s0)]
+    cu_d = None if cu is None else cu.cuda()
+    _poison_cuda_allocator()
+    fwd = OPS.chunk_delta_scan_fwd(*dev, cu_d, C)
+    _poison_cuda_allocator()
+    bwd = OPS.chunk_delta_scan_bwd(grad_o.cuda(), grad_final.cuda(), *dev[:6], fwd[2], cu_d, C)
+    torch.cuda.synchronize()
+    errs = {n: _rel(a, b) for n, a, b in zip(FWD_NAMES, fwd, ref_fwd)}
+    grads = {n: _rel(a, b) for n, a, b in zip(GRAD_NAMES, bwd, ref_bwd)}
+    return errs, grads
+
+
+def check_invalid_cu_seqlens():
+    q, k, v, beta, ld, ph, _ = make_inputs(1, 12, 2, 8, 1, dtype=torch.float32)
+    dev = [t.cuda() for t in (q, k, v, beta, ld, ph)]
+    ok = True
+    for bad in ([1, 12], [0, 5, 11], [0, 7, 5, 12]):
+        cu = torch.tensor(bad, dtype=torch.int32, device="cuda")
+        o, final, _, energy = OPS.chunk_delta_scan_fwd(*dev, None, cu, 8)
+        ok &= bool(torch.isnan(o).all() and torch.isnan(final).all() and torch.isnan(energy).all())
+    return ok
+
+
+def check_opcheck():
+    cu = torch.tensor([0, 5, 5, 19], dtype=torch.int32, device="cuda")
+    for dtype in (torch.float32, torch.float64):
+        for P, init, packed in [(1, False, False), (2, True, False), (2, True, True), (8, False, True)]:
+            B, N = (1, 3) if packed else (2, 2)
+            args = make_inputs(B, 19, 2, 8, P, dtype=dtype, initial_state=init, n_states=N)
+            args = [None if t is None else t.cuda().requires_grad_() for t in args]
+            c = cu if packed else None
+            torch.library.opcheck(OPS.chunk_delta_scan_fwd.default, (*args, c, 8))
+            det = [None if t is None else t.detach() for t in args]
+            o, final, boundary, _ = OPS.chunk_delta_scan_fwd(*det, c, 8)
+            torch.library.opcheck(OPS.chunk_delta_scan_bwd.default,
+                                  (torch.randn_like(o), torch.randn_like(final), *det[:6], boundary, c, 8))
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 1
+    rows, failed = [], 0
+    header = f"{'case':<10} {'dtype':<9} {'B':>2} {'T':>6} {'H':>2} {'D':>3} {'P':>2} {'C':>3} {'decay':<8} {'init':<5} {'varlen':<6} {'fwd err':>9} {'worst':<8} {'grad err':>9} {'worst':<10} {'tol':>7}  result"
+    print(header)
+    for i, case in enumerate(cases()):
+        name, dtype, B, T, H, D, P, C, decay, init, lengths = case
+        errs, grads = run_case(case, seed=i)
+        fwd_name, fwd_err = max(errs.items(), key=lambda x: x[1])
+        grad_name, grad_err = max(grads.items(), key=lambda x: x[1])
+        tol = TOLERANCE[dtype]
+        ok = fwd_err <= tol and grad_err <= tol
+        failed += not ok
+        dt = str(dtype).replace("torch.", "")
+        print(f"{name:<10} {dt:<9} {B:>2} {T:>6} {H:>2} {D:>3} {P:>2} {C:>3} {decay:<8} {str(init):<5} "
+              f"{str(lengths is not None):<6} {fwd_err:>9.2e} {fwd_name:<8} {grad_err:>9.2e} {grad_name:<10} "
+              f"{tol:>7.0e}  {'PASS' if ok else 'FAIL'}", flush=True)
+        rows.append(dict(case=name, dtype=dt, B=B, T=T, H=H, D=D, P=P, C=C, decay=decay, init=init,
+                         lengths=lengths, fwd=errs, grads=grads, tol=tol, ok=ok))
+    for label, fn in (("invalid cu_seqlens -> NaN", check_invalid_cu_seqlens), ("opcheck (CUDA)", check_opcheck)):
+        try:
+            ok = fn()
+        except Exception as e:  # reported as a failure row, the table goes on
+            print(f"{label}: {type(e).__name__}: {str(e)[:300]}")
+            ok = False
+        failed += not ok
+        print(f"{label:<40} {'PASS' if ok else 'FAIL'}", flush=True)
+        rows.append(dict(case=label, ok=ok))
+    print(f"{failed} failed of {len(rows)}  ({torch.cuda.get_device_name()}, torch {torch.__version__})")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
