@@ -22,7 +22,7 @@ def _sources(pattern: str) -> list[str]:
 
 
 def _extension():
-    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-DPy_LIMITED_API=0x030a0000"]
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp-simd", "-fvisibility=hidden", "-DPy_LIMITED_API=0x030a0000"]
     sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
     cuda_sources = _sources("csrc/cuda/*.cu")
     build_cuda = (

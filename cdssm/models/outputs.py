@@ -3,6 +3,7 @@
 from typing import Any, NamedTuple, Optional
 
 import torch
+import torch.utils._pytree as pytree
 
 
 class CausalLMOutput(NamedTuple):
@@ -23,3 +24,8 @@ class CausalLMOutput(NamedTuple):
     state_energy: Optional[torch.Tensor]
     mean_utility: Optional[torch.Tensor]
     state: Optional[Any]
+
+
+# A serialisable pytree node: torch.export and AOTInductor packages record the output structure
+# by this name, so a process that loads a package must import cdssm first.
+pytree._register_namedtuple(CausalLMOutput, serialized_type_name="cdssm.models.CausalLMOutput")

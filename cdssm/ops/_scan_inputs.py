@@ -30,9 +30,13 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _expect(cond: bool, name: str, expected: str, got) -> None:
+def _expect(cond: bool, name: str, expected, got) -> None:
+    """Raises ValueError naming ``name`` unless ``cond``. ``expected`` is a string, or a function
+    returning one when it mentions sizes: formatting a symbolic size under torch.compile would
+    specialize it (a recompile for every sequence length), so it is formatted only on failure."""
     if not cond:
-        raise ValueError(f"{name}: expected {expected}, got {got}")
+        raise ValueError(f"{name}: expected {expected() if callable(expected) else expected}, "
+                         f"got {got}")
 
 
 def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqlens) -> ScanInputs:
@@ -49,26 +53,26 @@ def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqle
     _expect(q.dim() == 4, "q", "shape (B, T, H, D)", tuple(q.shape))
     _expect(q.dtype in ACTIVATION_DTYPES, "q", f"a dtype in {ACTIVATION_DTYPES}", q.dtype)
     B, T, H, D = q.shape
-    _expect(k.shape == q.shape, "k", f"shape {tuple(q.shape)} (q's shape)", tuple(k.shape))
+    _expect(k.shape == q.shape, "k", lambda: f"shape {tuple(q.shape)} (q's shape)", tuple(k.shape))
     _expect(k.dtype == q.dtype, "k", f"dtype {q.dtype} (q's dtype)", k.dtype)
     for name, t in (("v", v), ("beta", beta), ("log_decay", log_decay), ("phase", phase)):
         _expect(t.is_floating_point(), name, "a floating-point tensor", t.dtype)
 
     if v.dim() == 4:
         _expect(tuple(v.shape[:3]) == (B, T, H) and v.shape[3] % 2 == 0 and v.shape[3] > 0,
-                "v", f"shape ({B}, {T}, {H}, 2P) or ({B}, {T}, {H}, P, 2)", tuple(v.shape))
+                "v", lambda: f"shape ({B}, {T}, {H}, 2P) or ({B}, {T}, {H}, P, 2)", tuple(v.shape))
         P = v.shape[3] // 2
         flat_output = True
         v = v.reshape(B, T, H, P, 2)
     else:
         _expect(v.dim() == 5 and tuple(v.shape[:3]) == (B, T, H) and v.shape[4] == 2
-                and v.shape[3] > 0, "v", f"shape ({B}, {T}, {H}, P, 2)", tuple(v.shape))
+                and v.shape[3] > 0, "v", lambda: f"shape ({B}, {T}, {H}, P, 2)", tuple(v.shape))
         P = v.shape[3]
         flat_output = False
-    _expect(tuple(beta.shape) == (B, T, H), "beta", f"shape ({B}, {T}, {H})", tuple(beta.shape))
+    _expect(tuple(beta.shape) == (B, T, H), "beta", lambda: f"shape ({B}, {T}, {H})", tuple(beta.shape))
     for name, t in (("log_decay", log_decay), ("phase", phase)):
         ok = tuple(t.shape) == (B, T, H, P) or (P == 1 and tuple(t.shape) == (B, T, H))
-        _expect(ok, name, f"shape ({B}, {T}, {H}, {P})" + (f" or ({B}, {T}, {H})" if P == 1 else ""),
+        _expect(ok, name, lambda: f"shape ({B}, {T}, {H}, {P})" + (f" or ({B}, {T}, {H})" if P == 1 else ""),
                 tuple(t.shape))
 
     sdt = state_dtype(q.dtype)
@@ -89,7 +93,7 @@ def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqle
         _expect(isinstance(initial_state, torch.Tensor) and initial_state.is_floating_point(),
                 "initial_state", "a floating-point tensor", type(initial_state).__name__)
         _expect(tuple(initial_state.shape) == (N, H, 2 * P, D), "initial_state",
-                f"shape ({N}, {H}, {2 * P}, {D}) (N = {'number of sequences' if cu_seqlens is not None else 'batch'})",
+                lambda: f"shape ({N}, {H}, {2 * P}, {D}) (N = {'number of sequences' if cu_seqlens is not None else 'batch'})",
                 tuple(initial_state.shape))
         _expect(initial_state.device == q.device, "initial_state", f"a tensor on {q.device}",
                 initial_state.device)

@@ -51,6 +51,7 @@ struct Chunk {
     for (int64_t t = 0; t < m; ++t) {
       for (int64_t j = 0; j <= t; ++j) {
         acc_t kk = 0, qk = 0;
+#pragma omp simd reduction(+ : kk, qk)
         for (int64_t d = 0; d < D; ++d) {
           kk += K[t * D + d] * K[j * D + d];
           qk += Q[t * D + d] * K[j * D + d];
@@ -84,9 +85,13 @@ struct Chunk {
 
   // Complex dot of real row x (D) with complex s (D).
   static Cx<acc_t> dot(const acc_t* x, const Cx<acc_t>* s, int64_t D) {
-    Cx<acc_t> acc;
-    for (int64_t d = 0; d < D; ++d) acc += s[d] * x[d];
-    return acc;
+    acc_t re = 0, im = 0;
+#pragma omp simd reduction(+ : re, im)
+    for (int64_t d = 0; d < D; ++d) {
+      re += s[d].re * x[d];
+      im += s[d].im * x[d];
+    }
+    return {re, im};
   }
 
   // b_t = β_t v^c_t − β_t Γ_t (k_t·s0) and u = (T_real ⊙ E) b for pair p.
@@ -160,11 +165,12 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         store_state(bdp + ix.state(sp.chunk_row + n_chunks, h), s, P, D);
         ch.load(qp, kp, vp, bp, ldp, php, ix, sp.b, t0, m, h);
         // W = T_real diag(β) K: the decay-free part of the state correction, shared by pairs.
+        std::fill(W.begin(), W.begin() + m * D, acc_t(0));
         for (int64_t t = 0; t < m; ++t)
-          for (int64_t d = 0; d < D; ++d) {
-            acc_t acc = 0;
-            for (int64_t j = 0; j <= t; ++j) acc += ch.T[t * m + j] * ch.beta[j] * ch.K[j * D + d];
-            W[t * D + d] = acc;
+          for (int64_t j = 0; j <= t; ++j) {
+            const acc_t coef = ch.T[t * m + j] * ch.beta[j];
+#pragma omp simd
+            for (int64_t d = 0; d < D; ++d) W[t * D + d] += coef * ch.K[j * D + d];
           }
         for (int64_t p = 0; p < P; ++p) {
           Cx<acc_t>* s0 = &s[p * D];
@@ -184,11 +190,15 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             ot[1] = static_cast<scalar_t>(y.im);
           }
           const Cx<acc_t> g_end = w.gamma[m - 1];
-          for (int64_t d = 0; d < D; ++d) {
-            Cx<acc_t> acc = g_end * s0[d];
-            for (int64_t j = 0; j < m; ++j)
-              acc += w.E[(m - 1) * m + j] * w.u[j] * ch.K[j * D + d];
-            s0[d] = acc;
+          for (int64_t d = 0; d < D; ++d) s0[d] = g_end * s0[d];
+          for (int64_t j = 0; j < m; ++j) {
+            const Cx<acc_t> c = w.E[(m - 1) * m + j] * w.u[j];
+            const acc_t* kj = &ch.K[j * D];
+#pragma omp simd
+            for (int64_t d = 0; d < D; ++d) {
+              s0[d].re += c.re * kj[d];
+              s0[d].im += c.im * kj[d];
+            }
           }
         }
         for (const auto& x : s) energy_sum += x.norm2();
@@ -335,7 +345,9 @@ void backward_impl(const at::Tensor& grad_o, const std::optional<at::Tensor>& gr
         for (int64_t l = 0; l < m; ++l)  // X = dT T_realᵀ, X_lj = Σ_i dT_li T_ji
           for (int64_t j = 0; j < m; ++j) {
             acc_t x = 0;
-            for (int64_t i = 0; i <= std::min(l, j); ++i) x += dT[l * m + i] * ch.T[j * m + i];
+            const int64_t top = std::min(l, j);
+#pragma omp simd reduction(+ : x)
+            for (int64_t i = 0; i <= top; ++i) x += dT[l * m + i] * ch.T[j * m + i];
             X[l * m + j] = x;
           }
         for (int64_t t = 0; t < m; ++t)

@@ -1,0 +1,368 @@
+"""The CD-SSM language model (spec/model.md): ``CDSSMBlock`` and ``CDSSMForCausalLM``.
+
+Notation: B batch, T (= L) tokens, d model width, E = 2d channels, H heads of D = 64, P state
+pairs, N sequences (B, or the number of packed documents with ``cu_seqlens``), n layers.
+The forward is functional: it reads the ``ema`` buffers and returns the new recurrent state; the
+trainer updates ``ema`` with ``update_state_energy_ema`` once per optimizer step.
+"""
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+import torch.utils._pytree as pytree
+from torch import nn
+
+from ..config import CDSSMConfig
+from ..ops import causal_conv1d_silu, chunk_delta_scan, recurrent_delta_scan
+from ..ops.dynamics import adaptive_timestep, dynamics_dtype, scan_inputs
+from .layers import RMSNorm
+from .lm_loss import causal_lm_loss
+from .outputs import CausalLMOutput
+from .pretrained import PretrainedMixin
+
+
+class CDSSMState(NamedTuple):
+    """Recurrent state after a sequence's last token (what prefill returns and decode carries).
+
+    conv: (n_layers, N, E, W − 1) in the activation dtype: each block's last W − 1 conv inputs,
+        oldest first.
+    ssm: (n_layers, N, H, 2P, D) fp32 (fp64 for a fp64 model): each block's scan state, pair p in
+        rows 2p (real) and 2p + 1 (imaginary).
+    """
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+# Serialisable pytree node (exported programs with a state argument record it by this name).
+pytree._register_namedtuple(CDSSMState, serialized_type_name="cdssm.models.CDSSMState")
+
+
+class BlockOutput(NamedTuple):
+    hidden: torch.Tensor  # (B, T, d) X + Δ
+    conv_state: Optional[torch.Tensor]  # (N, E, W − 1) when a state was given, else None
+    ssm_state: Optional[torch.Tensor]  # (N, H, 2P, D) when a state was given, else None
+    state_energy: torch.Tensor  # (H,) detached: mean over sequences of the chunk-end ‖S‖²_F
+    mean_utility: torch.Tensor  # () mean of υ, differentiable (the metabolic loss)
+
+
+# ---- initialisation ---------------------------------------------------------------------------
+def spectral_band(config: CDSSMConfig, layer: int) -> tuple:
+    """(bs, be), the log-timescale band of layer i (0-based): R = ln Lc, bw = R/2,
+    bs = i/max(n − 1, 1)·(R − bw), be = bs + bw."""
+    R = math.log(config.context_length)
+    bw = R / 2
+    bs = layer / max(config.n_layers - 1, 1) * (R - bw)
+    return bs, bs + bw
+
+
+def spectral_timescales(config: CDSSMConfig, layer: int) -> torch.Tensor:
+    """θ (H, P) float64 of layer i: θ_{h,p} = exp(linspace(bs, be, H·P)[p·H + h]).
+    Deeper layers remember longer."""
+    H, P = config.n_heads, config.state_pairs
+    bs, be = spectral_band(config, layer)
+    log_theta = torch.linspace(bs, be, H * P, dtype=torch.float64)  # index p·H + h
+    return log_theta.exp().view(P, H).T
+
+
+def spectral_dynamics_bias(config: CDSSMConfig, layer: int) -> torch.Tensor:
+    """dynamics_proj.bias (2PH,) float64 of layer i: [α-bias (H, P), ω-bias (H, P)] head-major.
+
+    α-bias = log(exp(1/θ) − 1) (softplus⁻¹, so α = 1/θ at init). ω-bias: the frequencies
+    exp(linspace(ln f_min, ln f_max, H·P)), f_min = e^{−be}, f_max = min(0.5, e^{−bs}), assigned in
+    reverse timescale order: the slowest timescale gets the lowest frequency.
+    """
+    H, P = config.n_heads, config.state_pairs
+    bs, be = spectral_band(config, layer)
+    alpha_bias = torch.log(torch.expm1(1.0 / spectral_timescales(config, layer)))
+    freqs = torch.exp(torch.linspace(-be, math.log(min(0.5, math.exp(-bs))), H * P,
+                                     dtype=torch.float64))  # ascending
+    omega_bias = freqs.flip(0).view(P, H).T  # timescale index p·H + h ascends: frequency descends
+    return torch.cat((alpha_bias.flatten(), omega_bias.flatten()))
+
+
+def ema_decay(config: CDSSMConfig, layer: int) -> torch.Tensor:
+    """d (H,) float64: d_h = clamp(1 − 1/θ_h, 0.9, 0.999), θ_h the geometric mean of the head's
+    spectral timescales over its pairs."""
+    theta_h = spectral_timescales(config, layer).log().mean(1).exp()
+    return (1.0 - 1.0 / theta_h).clamp(0.9, 0.999)
+
+
+def l2_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / √(Σ x² + eps) over the last dim, in fp32 (fp64 for fp64), returned in x's dtype."""
+    xf = x.to(dynamics_dtype(x))
+    return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+# ---- the block --------------------------------------------------------------------------------
+class CausalDepthwiseConv(nn.Module):
+    """Depthwise causal conv1d + SiLU over (B, T, E): weight (E, W), bias (E); windows never cross
+    ``cu_seqlens`` boundaries (the ``causal_conv1d_silu`` op)."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, width))
+        self.bias = nn.Parameter(torch.empty(channels))
+
+    def forward(self, x, cu_seqlens=None, conv_state=None):
+        return causal_conv1d_silu(x, self.weight, self.bias, cu_seqlens, conv_state,
+                                  output_conv_state=conv_state is not None)
+
+
+class CDSSMBlock(nn.Module):
+    """One pre-norm CD-SSM block, X (B, T, d) → X + Δ (spec/model.md steps 1–12)."""
+
+    def __init__(self, config: CDSSMConfig, layer: int):
+        super().__init__()
+        self.config = config
+        self.layer = layer
+        d, E, H, P = config.d_model, config.d_inner, config.n_heads, config.state_pairs
+        self.norm = RMSNorm(d, eps=config.rms_norm_eps)
+        self.in_proj = nn.Linear(d, 3 * E + 2 * P * H)  # gate, xg, k_raw, v_raw
+        self.conv = CausalDepthwiseConv(E, config.conv_kernel)
+        self.dynamics_proj = nn.Linear(E, 2 * P * H)  # α (pre-softplus), ω
+        self.log_dt_scale = nn.Parameter(torch.empty(H))
+        self.selection_dt = nn.Linear(E, H, bias=False)
+        self.recurrence_gate = nn.Linear(E, H)
+        self.beta_proj = nn.Linear(E, H)
+        self.read_gate = nn.Linear(E, H)
+        self.utility_gate = nn.Linear(E, H)
+        self.W_sg = nn.Parameter(torch.empty(H, H))  # state-energy feedback into υ
+        self.Q_proj = nn.Linear(E, E, bias=False)
+        self.readout_proj = nn.Linear(2 * P * H, E, bias=False)
+        self.group_norm = nn.GroupNorm(config.norm_groups, E, eps=config.group_norm_eps)
+        self.d_skip = nn.Parameter(torch.empty(E))
+        self.out_proj = nn.Linear(E, d, bias=False)
+        # EMA of the state energy per head: fp32, saved, only read by the forward.
+        self.register_buffer("ema", torch.zeros(H, dtype=torch.float32))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The initialisation of spec/model.md (the ema buffer is left as it is)."""
+        c = self.config
+        d, E, H, P, n = c.d_model, c.d_inner, c.n_heads, c.state_pairs, c.n_layers
+        s_io = math.sqrt(2.0 / (d + E)) / math.sqrt(2 * n)  # s_in = s_out
+        nn.init.normal_(self.in_proj.weight, std=s_io)
+        nn.init.normal_(self.in_proj.weight[3 * E:], std=s_io / 8)  # v_raw rows
+        nn.init.zeros_(self.in_proj.bias)
+        nn.init.normal_(self.conv.weight, std=0.5)
+        nn.init.zeros_(self.conv.bias)
+        nn.init.normal_(self.dynamics_proj.weight, std=math.sqrt(1.0 / E) / math.sqrt(2 * n) / math.sqrt(n))
+        self.dynamics_proj.bias.copy_(spectral_dynamics_bias(c, self.layer))
+        nn.init.zeros_(self.log_dt_scale)
+        for proj, bias in ((self.selection_dt, None), (self.recurrence_gate, 1.0),
+                           (self.utility_gate, -1.0), (self.read_gate, math.log(2.0)),
+                           (self.beta_proj, 0.0)):
+            nn.init.normal_(proj.weight, std=math.sqrt(1.0 / E))
+            if bias is not None:
+                nn.init.constant_(proj.bias, bias)
+        nn.init.normal_(self.W_sg, std=0.01)
+        self.Q_proj.weight.copy_(torch.eye(E))
+        nn.init.normal_(self.readout_proj.weight, std=math.sqrt(1.0 / (2 * P * H)))
+        nn.init.ones_(self.group_norm.weight)
+        nn.init.zeros_(self.group_norm.bias)
+        nn.init.zeros_(self.d_skip)
+        nn.init.normal_(self.out_proj.weight, std=s_io)
+        nn.init.ones_(self.norm.weight)
+
+    @torch.no_grad()
+    def update_ema(self, state_energy: torch.Tensor) -> None:
+        """ema ← d·ema + (1 − d)·e, e = state_energy (H,), d = ``ema_decay`` (computed in fp64)."""
+        d = ema_decay(self.config, self.layer).to(self.ema.device)
+        e = state_energy.detach().to(device=self.ema.device, dtype=torch.float64)
+        self.ema.copy_(d * self.ema.double() + (1.0 - d) * e)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None,
+                conv_state: Optional[torch.Tensor] = None,
+                ssm_state: Optional[torch.Tensor] = None) -> BlockOutput:
+        """x (B, T, d); conv_state (N, E, W − 1) and ssm_state (N, H, 2P, D), both or neither.
+
+        T == 1 runs the literal recurrence (the decode step), longer inputs the chunked scan.
+        """
+        c = self.config
+        B, T, _ = x.shape
+        E, H, P, D = c.d_inner, c.n_heads, c.state_pairs, c.head_dim
+        with_state = ssm_state is not None
+
+        # 1–2. pre-norm and the input projection
+        gate, xg, k_raw, v_raw = self.in_proj(self.norm(x)).split([E, E, H * D, 2 * P * H], -1)
+        # 3. causal conv + SiLU, per document
+        x_c, new_conv_state = self.conv(xg, cu_seqlens, conv_state)  # (B, T, E)
+        sdt = dynamics_dtype(x_c)
+
+        # 4. α, ω (B, T, H, P); the bias (the spectrum) is added in fp32 even under autocast
+        dyn = F.linear(x_c, self.dynamics_proj.weight).to(sdt) + self.dynamics_proj.bias.to(sdt)
+        alpha, omega = dyn.view(B, T, 2, H, P).unbind(2)
+        alpha = F.softplus(alpha)
+        # 5. adaptive step (B, T, H, P)
+        dt = adaptive_timestep(
+            alpha, omega, self.log_dt_scale.unsqueeze(-1), self.selection_dt(x_c).unsqueeze(-1),
+            dt_eps=c.dt_eps, dt_margin=c.dt_margin, rotation_threshold=c.rotation_threshold,
+            rotation_width=c.rotation_width)
+        # 6. per-head gates (B, T, H)
+        r = torch.sigmoid(self.recurrence_gate(x_c).to(sdt))
+        beta = torch.sigmoid(self.beta_proj(x_c).to(sdt))
+        read = torch.sigmoid(self.read_gate(x_c).to(sdt))
+        energy_feedback = F.linear(self.ema.to(sdt), self.W_sg.to(sdt))  # (H,) W_sg·ema
+        utility = torch.sigmoid(self.utility_gate(x_c).to(sdt) + energy_feedback)
+        # 7. scan inputs (B, T, H, P)
+        decay = scan_inputs(alpha, omega, dt, r.unsqueeze(-1), c.gating_constant)
+        # 8. unit keys and queries (B, T, H, D)
+        k = l2_normalize(k_raw.view(B, T, H, D), c.l2_norm_eps)
+        q = l2_normalize(self.Q_proj(x_c).view(B, T, H, D), c.l2_norm_eps)
+        # 9. scan: v (B, T, H, P, 2) scaled per pair, write strength β_eff = β·υ
+        v = (v_raw.view(B, T, H, P, 2) * decay.value_scale.unsqueeze(-1)).to(q.dtype)
+        beta_eff = beta * utility
+        if T == 1:
+            y, new_ssm_state = recurrent_delta_scan(
+                q, k, v, beta_eff, decay.log_decay, decay.phase, ssm_state, cu_seqlens,
+                output_final_state=True)
+            energy = new_ssm_state.square().sum((-2, -1))  # (N, H) ‖S‖²_F
+            new_ssm_state = new_ssm_state if with_state else None
+        else:
+            y, new_ssm_state, energy = chunk_delta_scan(
+                q, k, v, beta_eff, decay.log_decay, decay.phase, ssm_state, cu_seqlens,
+                chunk_size=c.chunk_size, output_final_state=with_state, output_state_energy=True)
+        # 10. read gate and readout (B, T, 2PH) → (B, T, E); flattened as (head, pair, re/im)
+        ret = (read.view(B, T, H, 1, 1) * y).to(x_c.dtype).flatten(2)
+        ret = self.readout_proj(ret)
+        # 11. per-token GroupNorm: statistics of one position only (causal)
+        gn = F.group_norm(ret.reshape(B * T, E).to(sdt), c.norm_groups,
+                          self.group_norm.weight.to(sdt), self.group_norm.bias.to(sdt),
+                          c.group_norm_eps).view(B, T, E).to(x_c.dtype)
+        # 12. output gate, skip, projection
+        delta = self.out_proj(gn * F.silu(gate) + self.d_skip * x_c)  # (B, T, d)
+        if with_state:
+            new_conv_state = new_conv_state.to(conv_state.dtype)
+        return BlockOutput(x + delta, new_conv_state, new_ssm_state, energy.detach().mean(0),
+                           utility.mean())
+
+
+# ---- the language model -----------------------------------------------------------------------
+class CDSSMForCausalLM(PretrainedMixin, nn.Module):
+    """tokens → Embedding (V×d) → n CD-SSM blocks → RMSNorm → logits = h·Embᵀ (tied)."""
+
+    config_class = CDSSMConfig
+    arch = "cdssm"
+    tied_weight_names = ("lm_head.weight",)
+
+    def __init__(self, config: CDSSMConfig):
+        super().__init__()
+        if not isinstance(config, CDSSMConfig):
+            raise ValueError(f"config: expected a CDSSMConfig, got {type(config).__name__}")
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(CDSSMBlock(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Embedding N(0, 1/d), final norm gain ones, every block per spec/model.md."""
+        nn.init.normal_(self.embed.weight, std=math.sqrt(1.0 / self.config.d_model))
+        nn.init.ones_(self.norm.weight)
+        for block in self.blocks:
+            block.reset_parameters()
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> CDSSMState:
+        """Zero state for ``batch_size`` sequences. dtype: the activation dtype of the conv state
+        (default: the parameters'); the scan state is fp32 (fp64 for fp64)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        c = self.config
+        device = self.embed.weight.device if device is None else device
+        dtype = self.embed.weight.dtype if dtype is None else dtype
+        n, N = c.n_layers, batch_size
+        conv = torch.zeros(n, N, c.d_inner, c.conv_kernel - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(n, N, c.n_heads, 2 * c.state_pairs, c.head_dim, device=device,
+                          dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        return CDSSMState(conv, ssm)
+
+    @torch.no_grad()
+    def update_state_energy_ema(self, state_energy: torch.Tensor) -> None:
+        """Per block, ema_h ← d_h·ema_h + (1 − d_h)·e_h with d_h = clamp(1 − 1/θ_h, 0.9, 0.999).
+
+        state_energy: (n_layers, H), the step's mean of ``CausalLMOutput.state_energy`` (already
+        all-reduced across data-parallel ranks). Call once per optimizer step, outside compile.
+        """
+        c = self.config
+        if not isinstance(state_energy, torch.Tensor) or tuple(state_energy.shape) != (c.n_layers, c.n_heads):
+            raise ValueError(f"state_energy: expected a tensor of shape ({c.n_layers}, {c.n_heads}), "
+                             f"got {getattr(state_energy, 'shape', type(state_energy).__name__)}")
+        for block, energy in zip(self.blocks, state_energy):
+            block.update_ema(energy)
+
+    def _check_inputs(self, input_ids, labels, cu_seqlens, state) -> None:
+        c = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or \
+                input_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError("input_ids: expected an int32/int64 tensor of shape (B, T), got "
+                             f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} "
+                             f"{tuple(getattr(input_ids, 'shape', ()))}")
+        B, T = input_ids.shape
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape
+                                   or labels.dtype not in (torch.int32, torch.int64)):
+            raise ValueError(f"labels: expected an int tensor of shape ({B}, {T}) like input_ids, got "
+                             f"{getattr(labels, 'dtype', type(labels).__name__)} "
+                             f"{tuple(getattr(labels, 'shape', ()))}")
+        N = B
+        if cu_seqlens is not None:
+            if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or \
+                    cu_seqlens.shape[0] < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+                raise ValueError("cu_seqlens: expected a 1-D int32 tensor of N + 1 >= 2 offsets, got "
+                                 f"{getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)} "
+                                 f"{tuple(getattr(cu_seqlens, 'shape', ()))}")
+            if B != 1:
+                raise ValueError(f"cu_seqlens: packed sequences need input_ids of batch size 1, got {B}")
+            N = cu_seqlens.shape[0] - 1
+        if state is not None:
+            conv_shape = (c.n_layers, N, c.d_inner, c.conv_kernel - 1)
+            ssm_shape = (c.n_layers, N, c.n_heads, 2 * c.state_pairs, c.head_dim)
+            if not isinstance(state, CDSSMState) or tuple(state.conv.shape) != conv_shape or \
+                    tuple(state.ssm.shape) != ssm_shape or not state.conv.is_floating_point() or \
+                    not state.ssm.is_floating_point():
+                got = (tuple(state.conv.shape), tuple(state.ssm.shape)) \
+                    if isinstance(state, CDSSMState) else type(state).__name__
+                raise ValueError(f"state: expected CDSSMState(conv {conv_shape}, ssm {ssm_shape}) "
+                                 f"(N = {'number of documents' if cu_seqlens is not None else 'batch'}"
+                                 f"), got {got}")
+
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None,
+                state: Optional[CDSSMState] = None) -> CausalLMOutput:
+        """input_ids (B, T) int; labels (B, T) int (shifted inside, −100 ignored); cu_seqlens
+        (N + 1,) int32 with B == 1; state: a ``CDSSMState`` for N sequences to start from (prefill
+        from ``init_state``, decode with T == 1), whose successor is returned.
+
+        Returns ``CausalLMOutput``: logits (B, T, V) (None with labels), loss = CE + aux_loss,
+        aux_loss = λ_met · mean over layers of mean υ, state_energy (n_layers, H), mean_utility
+        (n_layers,), state.
+        """
+        self._check_inputs(input_ids, labels, cu_seqlens, state)
+        x = self.embed(input_ids)  # (B, T, d)
+        conv_states, ssm_states, energies, utilities = [], [], [], []
+        for i, block in enumerate(self.blocks):
+            out = block(x, cu_seqlens, None if state is None else state.conv[i],
+                        None if state is None else state.ssm[i])
+            x = out.hidden
+            conv_states.append(out.conv_state)
+            ssm_states.append(out.ssm_state)
+            energies.append(out.state_energy)
+            utilities.append(out.mean_utility)
+        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        mean_utility = torch.stack(utilities)  # (n_layers,)
+        aux_loss = self.config.metabolic_weight * mean_utility.mean()
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels.long(), cu_seqlens) + aux_loss
+            logits = None
+        new_state = None
+        if state is not None:
+            new_state = CDSSMState(torch.stack(conv_states), torch.stack(ssm_states))
+        return CausalLMOutput(logits, loss, aux_loss, torch.stack(energies),
+                              mean_utility.detach(), new_state)
