@@ -3,8 +3,8 @@
 A subcommand is a function ``_add_<name>(commands)`` that adds its parser to ``build_parser``'s
 subparsers and sets ``handler``: a function of the parsed arguments returning the exit status.
 Handlers import their modules when they run, so ``--help`` and every command load only what
-they use. A ValueError from a handler is an argument value it rejected (every public function of the
-package raises ValueError naming the argument): it becomes a usage error (exit status 2).
+they use. A ValueError from a handler is an argument value it rejected (every public function
+of the package raises ValueError naming the argument): it becomes a usage error (status 2).
 """
 
 import argparse
@@ -18,7 +18,7 @@ interface. Run `cdssm COMMAND --help` for the options of a command."""
 
 EPILOG = """\
 examples:
-  cdssm demo                        tiny CD-SSM on CPU: one train step, then generation
+  cdssm demo                        tiny CD-SSM on CPU: forward/backward, then generation
   cdssm demo --arch transformer     the same with the Transformer baseline"""
 
 
@@ -53,7 +53,7 @@ def _add_demo(commands) -> None:
                     "time) and generates a few tokens after a prompt, streamed as they come. The "
                     "prompt uses the GPT-2 tokenizer when tiktoken can load it (it needs its "
                     "cached files or the network), else its UTF-8 bytes as token ids. Takes a "
-                    "few seconds; the weights are untrained, so the text is noise.",
+                    "few seconds; the weights are untrained, so the text means nothing.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=("cdssm", "transformer"), default="cdssm",
@@ -65,7 +65,7 @@ def _add_demo(commands) -> None:
                        help="training context Lc")
     model.add_argument("--vocab-size", type=_int_at_least(256), default=50257,
                        help="vocabulary V (GPT-2's 50257 to use its tokenizer)")
-    step = parser.add_argument_group("training step")
+    step = parser.add_argument_group("forward/backward step")
     step.add_argument("--batch-size", type=_int_at_least(1), default=4, help="sequences")
     step.add_argument("--seq-len", type=_int_at_least(1), default=128,
                       help="tokens per sequence (at most --context-length)")
@@ -75,7 +75,8 @@ def _add_demo(commands) -> None:
     gen.add_argument("--max-new-tokens", type=_int_at_least(0), default=24, help="tokens")
     gen.add_argument("--temperature", type=_nonnegative_float, default=0.8,
                      help="sampling temperature (0 = greedy)")
-    gen.add_argument("--top-k", type=_int_at_least(1), default=50, help="sample from the k most likely")
+    gen.add_argument("--top-k", type=_int_at_least(1), default=50,
+                     help="sample from the k most likely tokens")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, data and sampling")
     parser.set_defaults(handler=_demo, parser=parser)
 

@@ -1,7 +1,8 @@
 """``cdssm demo``: a tiny CPU model, one training step and a few generated tokens, in seconds.
 
 It shows that the package works end to end (build, forward, backward, prefill, decode); the
-weights are untrained, so the loss sits near ln V and the generated text is noise.
+weights are untrained, so the loss is near or above ln V (a uniform guess) and the generated
+tokens mean nothing.
 """
 
 import codecs
@@ -50,6 +51,15 @@ def _prompt_tokens(prompt: str, vocab_size: int, out: TextIO):
     return list(prompt.encode("utf-8")), None
 
 
+def _token_text(token: int, encoding, text) -> str:
+    """What to print for ``token``: its text (through the incremental UTF-8 decoder ``text``, so
+    a character split over tokens prints whole), or the raw id without a tokenizer or when the
+    model's vocabulary is larger than the tokenizer's."""
+    if encoding is None or token >= encoding.n_vocab:
+        return f"{token} " if encoding is None else f"<{token}>"
+    return text.decode(encoding.decode_single_token_bytes(token))
+
+
 def run(arch: str, d_model: int, n_layers: int, context_length: int, vocab_size: int,
         batch_size: int, seq_len: int, prompt: str, max_new_tokens: int, temperature: float,
         top_k: int, seed: int, out: TextIO) -> None:
@@ -76,22 +86,23 @@ def run(arch: str, d_model: int, n_layers: int, context_length: int, vocab_size:
     start = time.perf_counter()
     loss = model(tokens, labels=tokens).loss
     loss.backward()
+    elapsed = time.perf_counter() - start
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
                                                if p.grad is not None])
-    print(f"train step: batch {batch_size} x {seq_len} random tokens, loss {loss.item():.4f} "
-          f"(ln V = {math.log(vocab_size):.4f}), grad norm {grad_norm.item():.4f}, "
-          f"forward + backward {time.perf_counter() - start:.2f} s", file=out)
+    print(f"forward + backward: batch {batch_size} x {seq_len} random tokens, "
+          f"loss {loss.item():.4f} (a uniform guess: ln V = {math.log(vocab_size):.4f}), "
+          f"grad norm {grad_norm.item():.4f}, {elapsed:.2f} s", file=out)
 
     prompt_ids, encoding = _prompt_tokens(prompt, vocab_size, out)
-    print(f"prompt ({len(prompt_ids)} tokens): {prompt if encoding else prompt_ids}", file=out)
-    print("generated (untrained weights: noise): ", end="", file=out, flush=True)
+    shown = prompt if encoding else prompt_ids
+    print(f"prompt ({len(prompt_ids)} tokens): {shown}", file=out)
+    print("generated (untrained weights, meaningless): ", end="", file=out, flush=True)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     start, count = time.perf_counter(), 0
     for (token,) in stream(model, [prompt_ids], max_new_tokens, temperature=temperature,
                            top_k=top_k, seed=seed):
         count += 1
-        piece = text.decode(encoding.decode_single_token_bytes(token)) if encoding else f"{token} "
-        print(piece, end="", file=out, flush=True)
+        print(_token_text(token, encoding, text), end="", file=out, flush=True)
     elapsed = time.perf_counter() - start
     print(f"\ngenerate: {count} tokens in {elapsed:.2f} s ({count / elapsed:.1f} tokens/s, "
           f"prefill + decode through the state)", file=out)

@@ -1,4 +1,5 @@
-"""TransformerConfig and TransformerForCausalLM: derivation, masks, cache, loss, save/load, compile."""
+"""TransformerConfig and TransformerForCausalLM: derivation, masks, cache, loss, save/load,
+compile."""
 
 import math
 

@@ -3,12 +3,13 @@
 Every forward builds one ``AttentionPlan`` (rotary tables and mask, shared by all layers) and
 each layer attends in one of four ways:
 
-| input | attention |
-|---|---|
-| (B, T), no cache | SDPA with ``is_causal=True`` |
-| packed (1, T) + cu_seqlens, no cache | CUDA: FlexAttention with a document-causal ``BlockMask``; other devices: SDPA with the dense boolean document-causal mask (T, T) |
-| (B, T) + cache | SDPA over [cache ++ new] with the mask (B, 1, T, S + T) |
-| packed (1, T) + cu_seqlens + cache of N documents | SDPA over [all N caches ++ new] with the mask (1, 1, T, N·S + T) |
+- (B, T), no cache: SDPA with ``is_causal=True``.
+- packed (1, T) + cu_seqlens, no cache: on CUDA, FlexAttention with a document-causal
+  ``BlockMask``; on other devices, SDPA with the dense boolean document-causal mask (T, T).
+- (B, T) + a cache of B sequences (S slots): SDPA over [cache ++ new], mask (B, 1, T, S + T).
+- packed (1, T) + cu_seqlens + a cache of N sequences: SDPA over [all N caches ++ new],
+  mask (1, 1, T, N·S + T): a token sees its own sequence's valid slots and its document's
+  earlier tokens.
 
 FlexAttention has no backward on CPU in this torch (it raises NotImplementedError, eager and
 compiled), hence the dense-mask SDPA there: O(T²) memory, fine for CPU-sized batches. On CUDA,
@@ -48,7 +49,7 @@ class KVCache(NamedTuple):
 
 
 class AttentionPlan(NamedTuple):
-    """How every layer attends in one forward (see the module table).
+    """How every layer attends in one forward (see the module docstring).
 
     cos, sin: rotary tables (R, 1, T, D/2), R = B or 1. mask: None (plain causal), a
     ``BlockMask`` (FlexAttention), or a bool tensor broadcastable to (B, H, T, keys), True where

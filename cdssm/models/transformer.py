@@ -174,7 +174,8 @@ class TransformerForCausalLM(PretrainedMixin, nn.Module):
         device = weight.device if device is None else torch.device(device)
         dtype = weight.dtype if dtype is None else dtype
         c = self.config
-        k = torch.zeros(c.n_layers, batch_size, c.n_heads, 0, c.head_dim, device=device, dtype=dtype)
+        k = torch.zeros(c.n_layers, batch_size, c.n_heads, 0, c.head_dim, device=device,
+                        dtype=dtype)
         return KVCache(k, k.clone(), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
