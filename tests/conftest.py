@@ -30,6 +30,7 @@ def cdssm_aoti_package(tmp_path_factory):
     torch.manual_seed(0)
     config = CDSSMConfig(**TINY_CDSSM)
     model = CDSSMForCausalLM(config).eval()
+    model.update_state_energy_ema(torch.rand(config.n_layers, config.n_heads))  # exported too
     seq = torch.export.Dim("seq", min=config.chunk_size + 1, max=config.context_length)
     example = torch.randint(0, config.vocab_size, (2, 70))
     with torch.no_grad():

@@ -96,10 +96,12 @@ def test_slow_heads_fp32_relative_accuracy(omega_tau):
     dt = 2e-6 / alpha  # τα = 1e−6 (up to fp32 rounding of the inputs, shared by both runs)
     omega = 2 * omega_tau / dt
     r = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float32)
-    fp32 = [*cayley_transition(alpha, omega, dt), *scan_inputs(alpha, omega, dt, r, C.gating_constant)]
-    fp64 = [*cayley_transition(alpha.double(), omega.double(), dt.double()),
-            *scan_inputs(alpha.double(), omega.double(), dt.double(), r.double(), C.gating_constant)]
-    for got, want in zip(fp32, fp64):
+    def outputs(alpha, omega, dt, r):
+        return [*cayley_transition(alpha, omega, dt),
+                *scan_inputs(alpha, omega, dt, r, C.gating_constant)]
+
+    fp64 = outputs(*(t.double() for t in (alpha, omega, dt, r)))
+    for got, want in zip(outputs(alpha, omega, dt, r), fp64):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
 

@@ -10,7 +10,6 @@ instead loads the library itself (``cdssm.ops._library.library_path()``).
 The package is built once per session (conftest.py: ``cdssm_aoti_package``).
 """
 
-import os
 import subprocess
 import sys
 
@@ -36,9 +35,9 @@ def test_package_in_fresh_process_matches_eager(cdssm_aoti_package, tmp_path):
     inputs = [torch.randint(0, V, (2, T), generator=g) for T in (65, 70, 127, 128)]
     torch.save(inputs, tmp_path / "inputs.pt")
     result = subprocess.run(
-        [sys.executable, "-c", LOADER, package, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ""},
-        timeout=300)
+        [sys.executable, "-c", LOADER, package, str(tmp_path / "inputs.pt"),
+         str(tmp_path / "out.pt")],
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     logits = torch.load(tmp_path / "out.pt")
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """CDSSMForCausalLM (spec/model.md): sizes, initialisation, forward contract, varlen, state,
-checkpoints, the EMA update, gradients and torch.compile. CPU, tiny configs (conftest.TINY_CDSSM)."""
+checkpoints, the EMA update, gradients and torch.compile. CPU, tiny configs (conftest.py)."""
 
 import dataclasses
 import math
@@ -89,7 +89,8 @@ def test_init_values():
             assert (t == 1).all()
         assert (block.recurrence_gate.bias == 1).all() and (block.utility_gate.bias == -1).all()
         torch.testing.assert_close(block.read_gate.bias, torch.full((H,), math.log(2)))
-        torch.testing.assert_close(block.dynamics_proj.bias.double(), spectral_dynamics_bias(config, i))
+        torch.testing.assert_close(block.dynamics_proj.bias.double(),
+                                   spectral_dynamics_bias(config, i))
         assert block.ema.dtype == torch.float32 and "ema" in dict(block.named_buffers())
         stds = [
             (block.in_proj.weight[:3 * E], s_io), (block.in_proj.weight[3 * E:], s_io / 8),
@@ -136,7 +137,8 @@ def test_loss_is_cross_entropy_plus_metabolic(tiny_config):
     plain = model(ids)
     out = model(ids, labels=labels)
     assert out.logits is None
-    ce = F.cross_entropy(plain.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    ce = F.cross_entropy(plain.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                         ignore_index=-100)
     aux = tiny_config.metabolic_weight * plain.mean_utility.mean()
     torch.testing.assert_close(out.aux_loss, aux)
     torch.testing.assert_close(out.loss, ce + aux)
@@ -175,8 +177,8 @@ def test_packed_equals_separate_documents(P):
     torch.testing.assert_close(packed.state.ssm, torch.cat([o.state.ssm for o in separate], 1),
                                rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed.state.conv, torch.cat([o.state.conv for o in separate], 1))
-    torch.testing.assert_close(packed.state_energy, torch.stack([o.state_energy for o in separate]).mean(0),
-                               rtol=1e-5, atol=1e-6)
+    energy = torch.stack([o.state_energy for o in separate]).mean(0)  # mean over documents
+    torch.testing.assert_close(packed.state_energy, energy, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("P", [1, 2])
@@ -195,14 +197,37 @@ def test_prefill_then_decode_matches_full_forward(P):
         state = out.state
 
 
-def test_decode_step_uses_the_recurrent_scan(tiny_config, monkeypatch):
+@pytest.mark.parametrize("T,scan", [(1, "recurrent_delta_scan"), (2, "chunk_delta_scan")])
+def test_decode_step_uses_the_recurrent_scan(tiny_config, monkeypatch, T, scan):
     import cdssm.models.cdssm as module
 
     calls = []
-    monkeypatch.setattr(module, "chunk_delta_scan", lambda *a, **k: calls.append("chunk"))
+    def spy(name):
+        scan = getattr(module, name)
+        return lambda *args, **kwargs: calls.append(name) or scan(*args, **kwargs)
+
+    for name in ("recurrent_delta_scan", "chunk_delta_scan"):
+        monkeypatch.setattr(module, name, spy(name))
     model = make_model(tiny_config)
-    model(tokens(tiny_config, 2, 1), state=model.init_state(2))
-    assert calls == []
+    model(tokens(tiny_config, 2, T), state=model.init_state(2))
+    assert calls == [scan] * tiny_config.n_layers
+
+
+def test_bf16_autocast(tiny_config):
+    """CPU bf16 autocast: activations bf16, the scan state and the statistics fp32, the conv state
+    in the dtype it came in (so that a decode loop keeps one state type)."""
+    model = make_model(tiny_config, ema=True)
+    ids = tokens(tiny_config, 2, 70)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids, state=model.init_state(2))
+        out.loss.backward()
+        step = model(ids[:, :1], state=out.state)
+    assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
+    assert out.state.conv.dtype == step.state.conv.dtype == torch.float32
+    assert out.state.ssm.dtype == step.state.ssm.dtype == torch.float32
+    assert out.state_energy.dtype == out.mean_utility.dtype == torch.float32
+    assert step.logits.dtype == torch.bfloat16 and torch.isfinite(step.logits).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 # ---- checkpoints and the EMA ------------------------------------------------------------------
@@ -239,8 +264,8 @@ def test_ema_update(context_length, P):
         theta_h = torch.exp((-alpha.log()).mean(1))  # geometric mean of θ = 1/α over pairs
         d = (1 - 1 / theta_h).clamp(0.9, 0.999)
         decays.append(d)
-        torch.testing.assert_close(block.ema.double(), d * before[i].double() + (1 - d) * energy[i].double(),
-                                   rtol=1e-6, atol=0)
+        want = d * before[i].double() + (1 - d) * energy[i].double()
+        torch.testing.assert_close(block.ema.double(), want, rtol=1e-6, atol=0)
     decays = torch.cat(decays)
     if context_length > 2 ** 16 and P == 1:  # the clamp binds at both ends
         assert decays.min() == 0.9 and decays.max() == 0.999
@@ -292,6 +317,11 @@ def test_compiled_forward_backward_matches_eager(tiny_config):
     torch.testing.assert_close(out.state_energy, eager_out.state_energy, rtol=1e-5, atol=1e-6)
     for name, g in eager_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=name)
+    # the ema buffers are graph inputs: the compiled forward sees the trainer's update
+    model.update_state_energy_ema(eager_out.state_energy)
+    out, _ = training_step(model, compiled, ids)
+    eager_out, _ = training_step(model, model, ids)
+    torch.testing.assert_close(out.loss, eager_out.loss, rtol=1e-5, atol=1e-6)
 
 
 # (name, forward arguments): the training, packed, prefill and decode calls
@@ -299,7 +329,8 @@ def graph_cases(config, model):
     packed = torch.tensor([0, 30, 31, 90], dtype=torch.int32)
     return {
         "train": dict(input_ids=tokens(config, 2, 70), labels=tokens(config, 2, 70)),
-        "packed": dict(input_ids=tokens(config, 1, 90), labels=tokens(config, 1, 90), cu_seqlens=packed),
+        "packed": dict(input_ids=tokens(config, 1, 90), labels=tokens(config, 1, 90),
+                       cu_seqlens=packed),
         "prefill": dict(input_ids=tokens(config, 2, 70), state=model.init_state(2)),
         "decode": dict(input_ids=tokens(config, 2, 1), state=model.init_state(2)),
     }

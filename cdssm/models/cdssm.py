@@ -107,6 +107,8 @@ class CausalDepthwiseConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(channels))
 
     def forward(self, x, cu_seqlens=None, conv_state=None):
+        """x (B, T, E) → (y (B, T, E), the final conv state (N, E, W − 1) when ``conv_state``
+        (N, E, W − 1) was given, else None)."""
         return causal_conv1d_silu(x, self.weight, self.bias, cu_seqlens, conv_state,
                                   output_conv_state=conv_state is not None)
 
@@ -150,7 +152,8 @@ class CDSSMBlock(nn.Module):
         nn.init.zeros_(self.in_proj.bias)
         nn.init.normal_(self.conv.weight, std=0.5)
         nn.init.zeros_(self.conv.bias)
-        nn.init.normal_(self.dynamics_proj.weight, std=math.sqrt(1.0 / E) / math.sqrt(2 * n) / math.sqrt(n))
+        s_dyn = math.sqrt(1.0 / E) / math.sqrt(2 * n) / math.sqrt(n)
+        nn.init.normal_(self.dynamics_proj.weight, std=s_dyn)
         self.dynamics_proj.bias.copy_(spectral_dynamics_bias(c, self.layer))
         nn.init.zeros_(self.log_dt_scale)
         for proj, bias in ((self.selection_dt, None), (self.recurrence_gate, 1.0),
@@ -187,7 +190,7 @@ class CDSSMBlock(nn.Module):
         E, H, P, D = c.d_inner, c.n_heads, c.state_pairs, c.head_dim
         with_state = ssm_state is not None
 
-        # 1–2. pre-norm and the input projection
+        # 1–2. pre-norm, input projection: gate, xg (B, T, E), k_raw (B, T, H·D), v_raw (B, T, 2PH)
         gate, xg, k_raw, v_raw = self.in_proj(self.norm(x)).split([E, E, H * D, 2 * P * H], -1)
         # 3. causal conv + SiLU, per document
         x_c, new_conv_state = self.conv(xg, cu_seqlens, conv_state)  # (B, T, E)
@@ -216,7 +219,7 @@ class CDSSMBlock(nn.Module):
         # 9. scan: v (B, T, H, P, 2) scaled per pair, write strength β_eff = β·υ
         v = (v_raw.view(B, T, H, P, 2) * decay.value_scale.unsqueeze(-1)).to(q.dtype)
         beta_eff = beta * utility
-        if T == 1:
+        if T == 1:  # y (B, T, H, P, 2); the state (N, H, 2P, D)
             y, new_ssm_state = recurrent_delta_scan(
                 q, k, v, beta_eff, decay.log_decay, decay.phase, ssm_state, cu_seqlens,
                 output_final_state=True)
@@ -239,6 +242,17 @@ class CDSSMBlock(nn.Module):
             new_conv_state = new_conv_state.to(conv_state.dtype)
         return BlockOutput(x + delta, new_conv_state, new_ssm_state, energy.detach().mean(0),
                            utility.mean())
+
+
+def _is_int_tensor(t, dim: int) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() == dim and t.dtype in (torch.int32, torch.int64)
+
+
+def _describe(t) -> str:
+    """What an argument is, for error messages."""
+    if isinstance(t, torch.Tensor):
+        return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+    return type(t).__name__
 
 
 # ---- the language model -----------------------------------------------------------------------
@@ -291,46 +305,44 @@ class CDSSMForCausalLM(PretrainedMixin, nn.Module):
         all-reduced across data-parallel ranks). Call once per optimizer step, outside compile.
         """
         c = self.config
-        if not isinstance(state_energy, torch.Tensor) or tuple(state_energy.shape) != (c.n_layers, c.n_heads):
-            raise ValueError(f"state_energy: expected a tensor of shape ({c.n_layers}, {c.n_heads}), "
-                             f"got {getattr(state_energy, 'shape', type(state_energy).__name__)}")
+        shape = (c.n_layers, c.n_heads)
+        if not (isinstance(state_energy, torch.Tensor) and tuple(state_energy.shape) == shape):
+            raise ValueError(f"state_energy: expected a tensor of shape {shape}, got "
+                             f"{_describe(state_energy)}")
         for block, energy in zip(self.blocks, state_energy):
             block.update_ema(energy)
 
     def _check_inputs(self, input_ids, labels, cu_seqlens, state) -> None:
         c = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or \
-                input_ids.dtype not in (torch.int32, torch.int64):
+        if not _is_int_tensor(input_ids, 2):
             raise ValueError("input_ids: expected an int32/int64 tensor of shape (B, T), got "
-                             f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} "
-                             f"{tuple(getattr(input_ids, 'shape', ()))}")
+                             f"{_describe(input_ids)}")
         B, T = input_ids.shape
-        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape
-                                   or labels.dtype not in (torch.int32, torch.int64)):
-            raise ValueError(f"labels: expected an int tensor of shape ({B}, {T}) like input_ids, got "
-                             f"{getattr(labels, 'dtype', type(labels).__name__)} "
-                             f"{tuple(getattr(labels, 'shape', ()))}")
+        if labels is not None and not (_is_int_tensor(labels, 2)
+                                       and labels.shape == input_ids.shape):
+            raise ValueError(f"labels: expected an int tensor of input_ids' shape ({B}, {T}), got "
+                             f"{_describe(labels)}")
         N = B
         if cu_seqlens is not None:
-            if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or \
-                    cu_seqlens.shape[0] < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-                raise ValueError("cu_seqlens: expected a 1-D int32 tensor of N + 1 >= 2 offsets, got "
-                                 f"{getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)} "
-                                 f"{tuple(getattr(cu_seqlens, 'shape', ()))}")
+            if not (_is_int_tensor(cu_seqlens, 1) and cu_seqlens.shape[0] >= 2):
+                raise ValueError("cu_seqlens: expected a 1-D int32 tensor of N + 1 >= 2 offsets, "
+                                 f"got {_describe(cu_seqlens)}")
             if B != 1:
-                raise ValueError(f"cu_seqlens: packed sequences need input_ids of batch size 1, got {B}")
+                raise ValueError("cu_seqlens: packed sequences need input_ids of batch size 1, "
+                                 f"got {B}")
             N = cu_seqlens.shape[0] - 1
         if state is not None:
-            conv_shape = (c.n_layers, N, c.d_inner, c.conv_kernel - 1)
-            ssm_shape = (c.n_layers, N, c.n_heads, 2 * c.state_pairs, c.head_dim)
-            if not isinstance(state, CDSSMState) or tuple(state.conv.shape) != conv_shape or \
-                    tuple(state.ssm.shape) != ssm_shape or not state.conv.is_floating_point() or \
-                    not state.ssm.is_floating_point():
-                got = (tuple(state.conv.shape), tuple(state.ssm.shape)) \
-                    if isinstance(state, CDSSMState) else type(state).__name__
-                raise ValueError(f"state: expected CDSSMState(conv {conv_shape}, ssm {ssm_shape}) "
-                                 f"(N = {'number of documents' if cu_seqlens is not None else 'batch'}"
-                                 f"), got {got}")
+            expected = CDSSMState(conv=(c.n_layers, N, c.d_inner, c.conv_kernel - 1),
+                                  ssm=(c.n_layers, N, c.n_heads, 2 * c.state_pairs, c.head_dim))
+            if not (isinstance(state, CDSSMState) and all(
+                    isinstance(t, torch.Tensor) and t.is_floating_point()
+                    and tuple(t.shape) == shape for t, shape in zip(state, expected))):
+                got = (f"CDSSMState(conv {_describe(state.conv)}, ssm {_describe(state.ssm)})"
+                       if isinstance(state, CDSSMState) else _describe(state))
+                raise ValueError(
+                    f"state: expected a CDSSMState of float tensors, conv {expected.conv} and ssm "
+                    f"{expected.ssm} (N = {'documents' if cu_seqlens is not None else 'batch'}), "
+                    f"got {got}")
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None,

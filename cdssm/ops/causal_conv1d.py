@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from . import _library  # noqa: F401  (loads the op library)
-from ._scan_inputs import ACTIVATION_DTYPES, _expect, state_dtype
+from ._checks import ACTIVATION_DTYPES, check_tensor, expect, prepare_cu_seqlens, state_dtype
 from .reference import sequence_spans
 
 _ops = torch.ops.cdssm
@@ -54,22 +54,6 @@ def causal_conv1d_silu_reference(
     return y.to(x.dtype), final.to(x.dtype)
 
 
-def _check_tensor(t, name: str, x: torch.Tensor) -> None:
-    _expect(isinstance(t, torch.Tensor), name, "a torch.Tensor", type(t).__name__)
-    _expect(t.device == x.device, name, f"a tensor on {x.device} (x's device)", t.device)
-
-
-def _prepare_cu_seqlens(cu_seqlens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Checks rank, dtype, device and B == 1; contents are checked in the kernel (no sync)."""
-    _check_tensor(cu_seqlens, "cu_seqlens", x)
-    _expect(cu_seqlens.dim() == 1 and cu_seqlens.shape[0] >= 2, "cu_seqlens",
-            "a 1-D tensor of N + 1 >= 2 offsets", tuple(cu_seqlens.shape))
-    _expect(cu_seqlens.dtype in (torch.int32, torch.int64), "cu_seqlens", "dtype int32 (or int64)",
-            cu_seqlens.dtype)
-    _expect(x.shape[0] == 1, "x", "batch size 1 when cu_seqlens packs the sequences", x.shape[0])
-    return cu_seqlens.to(torch.int32).contiguous()
-
-
 def causal_conv1d_silu(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -100,27 +84,27 @@ def causal_conv1d_silu(
         x's dtype (the last W − 1 inputs of each sequence, oldest first, reaching into the initial
         state for sequences shorter than W − 1), or None unless ``output_conv_state``.
     """
-    _expect(isinstance(x, torch.Tensor), "x", "a torch.Tensor", type(x).__name__)
-    _expect(x.dim() == 3, "x", "shape (B, T, E)", tuple(x.shape))
-    _expect(x.dtype in ACTIVATION_DTYPES, "x", f"a dtype in {ACTIVATION_DTYPES}", x.dtype)
+    expect(isinstance(x, torch.Tensor), "x", "a torch.Tensor", type(x).__name__)
+    expect(x.dim() == 3, "x", "shape (B, T, E)", tuple(x.shape))
+    expect(x.dtype in ACTIVATION_DTYPES, "x", lambda: f"a dtype in {ACTIVATION_DTYPES}", x.dtype)
     B, _, E = x.shape
     for name, t in (("weight", weight), ("bias", bias)):
-        _check_tensor(t, name, x)
-        _expect(t.is_floating_point(), name, "a floating-point tensor", t.dtype)
-    _expect(weight.dim() == 2 and weight.shape[0] == E and weight.shape[1] >= 1, "weight",
-            f"shape ({E}, W) with W >= 1", tuple(weight.shape))
-    _expect(tuple(bias.shape) == (E,), "bias", f"shape ({E},)", tuple(bias.shape))
+        check_tensor(t, name, x, "x")
+        expect(t.is_floating_point(), name, "a floating-point tensor", t.dtype)
+    expect(weight.dim() == 2 and weight.shape[0] == E and weight.shape[1] >= 1, "weight",
+            lambda: f"shape ({E}, W) with W >= 1", tuple(weight.shape))
+    expect(tuple(bias.shape) == (E,), "bias", lambda: f"shape ({E},)", tuple(bias.shape))
     W = weight.shape[1]
 
     if cu_seqlens is not None:
-        cu_seqlens = _prepare_cu_seqlens(cu_seqlens, x)
+        cu_seqlens = prepare_cu_seqlens(cu_seqlens, x, "x")
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     if initial_conv_state is not None:
-        _check_tensor(initial_conv_state, "initial_conv_state", x)
-        _expect(initial_conv_state.is_floating_point(), "initial_conv_state",
+        check_tensor(initial_conv_state, "initial_conv_state", x, "x")
+        expect(initial_conv_state.is_floating_point(), "initial_conv_state",
                 "a floating-point tensor", initial_conv_state.dtype)
-        _expect(tuple(initial_conv_state.shape) == (N, E, W - 1), "initial_conv_state",
-                f"shape ({N}, {E}, {W - 1}) (N = "
+        expect(tuple(initial_conv_state.shape) == (N, E, W - 1), "initial_conv_state",
+                lambda: f"shape ({N}, {E}, {W - 1}) (N = "
                 f"{'number of sequences' if cu_seqlens is not None else 'batch'})",
                 tuple(initial_conv_state.shape))
         initial_conv_state = initial_conv_state.to(x.dtype).contiguous()

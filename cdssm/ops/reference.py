@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ._scan_inputs import state_dtype
+from ._checks import state_dtype
 
 
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -20,7 +20,7 @@
 #include <tuple>
 #include <vector>
 
-#include "delta_scan_cpu.h"
+#include "spans.h"
 
 namespace cdssm {
 namespace {

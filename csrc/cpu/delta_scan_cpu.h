@@ -1,10 +1,12 @@
-// Shared pieces of the CPU delta-scan kernels: argument checks, sequence spans, complex math.
+// Shared pieces of the CPU delta-scan kernels: argument checks, flat indexing, complex math.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "spans.h"
 
 #include <cmath>
 #include <cstdint>
@@ -39,38 +41,6 @@ inline Cx<T> cexp(Cx<T> g) {
 // Re(conj(a) * b)
 template <typename T>
 inline T re_conj_mul(Cx<T> a, Cx<T> b) { return a.re * b.re + a.im * b.im; }
-
-// One sequence of the scan: batch row b, tokens [start, start + len), state row n, and the
-// row of its first chunk in the flattened boundary-state tensor.
-struct Span {
-  int64_t b, start, len, n, chunk_row;
-};
-
-// Spans from the batch (no cu_seqlens) or from validated cu_seqlens (B == 1).
-inline std::vector<Span> make_spans(int64_t B, int64_t T, const std::optional<at::Tensor>& cu_seqlens,
-                                    int64_t chunk_size) {
-  std::vector<Span> spans;
-  const int64_t n_chunks = chunk_size > 0 ? (T + chunk_size - 1) / chunk_size : 0;
-  if (!cu_seqlens.has_value()) {
-    for (int64_t b = 0; b < B; ++b) spans.push_back({b, 0, T, b, b * n_chunks});
-    return spans;
-  }
-  const at::Tensor cu = cu_seqlens->to(at::kCPU, at::kLong).contiguous();
-  const int64_t* c = cu.data_ptr<int64_t>();
-  const int64_t N = cu.numel() - 1;
-  TORCH_CHECK(N >= 1, "cu_seqlens: expected at least 2 offsets, got ", cu.numel());
-  TORCH_CHECK(c[0] == 0, "cu_seqlens: expected cu_seqlens[0] == 0, got ", c[0]);
-  TORCH_CHECK(c[N] == T, "cu_seqlens: expected cu_seqlens[-1] == T == ", T, ", got ", c[N]);
-  int64_t row = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    TORCH_CHECK(c[n + 1] >= c[n], "cu_seqlens: expected non-decreasing offsets, got ", c[n],
-                " then ", c[n + 1], " at index ", n);
-    const int64_t len = c[n + 1] - c[n];
-    spans.push_back({0, c[n], len, n, row});
-    if (chunk_size > 0) row += (len + chunk_size - 1) / chunk_size;
-  }
-  return spans;
-}
 
 // Shape and dtype checks shared by every scan kernel (the Python wrapper checks them first with
 // friendlier messages; these guard direct calls of torch.ops.cdssm.*).
