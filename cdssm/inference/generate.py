@@ -1,0 +1,155 @@
+"""Autoregressive generation for any causal LM of this package.
+
+The model needs the common interface: ``config.vocab_size``, ``init_state(batch_size,
+device=...)`` and ``forward(input_ids, cu_seqlens=None, state=None)`` returning a
+``CausalLMOutput`` whose ``state`` continues the sequences. Prompts of different lengths are
+prefilled together as one packed batch (``cu_seqlens``, one state per prompt: no padding ever
+enters a recurrent state), then decoded together, one token per sequence and step, through the
+state: O(1) work per token for the CD-SSM, O(context) for the Transformer's KV cache.
+"""
+
+import math
+from numbers import Real
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int],
+                top_p: Optional[float], generator: torch.Generator) -> torch.Tensor:
+    """Next token per row of ``logits`` (N, V): (N,) int64.
+
+    temperature 0: argmax (greedy). Otherwise p ∝ softmax(logits / temperature) restricted to
+    the top_k largest logits (ties at the k-th value kept) and then to the nucleus: the
+    highest-probability tokens whose mass reaches top_p (a token is dropped when the tokens
+    ranked above it already hold ≥ top_p, so the most likely token always stays); one draw
+    from ``generator``.
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_arguments(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens,
+                     seed) -> None:
+    if not (callable(getattr(model, "init_state", None))
+            and _is_int(getattr(getattr(model, "config", None), "vocab_size", None))):
+        raise ValueError(f"model: expected a causal LM with config.vocab_size and "
+                         f"init_state(batch_size), got {type(model).__name__}")
+    V = model.config.vocab_size
+
+    def token_ids(value) -> bool:
+        return (isinstance(value, Sequence) and not isinstance(value, str)
+                and all(_is_int(t) and 0 <= t < V for t in value))
+
+    if not (isinstance(prompts, Sequence) and len(prompts) > 0
+            and all(token_ids(p) and len(p) > 0 for p in prompts)):
+        raise ValueError(f"prompts: expected a non-empty list of non-empty lists of token ids in "
+                         f"[0, {V}), got {prompts!r:.200}")
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, Real) and not isinstance(temperature, bool)
+            and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), "
+                         f"got {temperature!r}")
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
+        raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, Real) and not isinstance(top_p, bool)
+                                  and 0 < top_p <= 1):
+        raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+    if not token_ids(stop_tokens):
+        raise ValueError(f"stop_tokens: expected a sequence of token ids in [0, {V}), "
+                         f"got {stop_tokens!r:.200}")
+    if seed is not None and not _is_int(seed):
+        raise ValueError(f"seed: expected None or an int, got {seed!r}")
+
+
+@torch.no_grad()
+def _prefill(model, prompts: list, device: torch.device):
+    """Runs the prompts as one packed batch; returns (logits after each prompt (N, V), state)."""
+    lengths = torch.tensor([len(p) for p in prompts])
+    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    input_ids = torch.tensor([t for p in prompts for t in p], device=device)[None]
+    out = model(input_ids, cu_seqlens=cu_seqlens.to(device=device, dtype=torch.int32),
+                state=model.init_state(len(prompts), device=device))
+    return out.logits[0, (cu_seqlens[1:] - 1).to(device)], out.state
+
+
+@torch.no_grad()
+def _step(model, tokens: torch.Tensor, state):
+    out = model(tokens[:, None], state=state)
+    return out.logits[:, -1], out.state
+
+
+def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+           temperature: float = 1.0, top_k: Optional[int] = None,
+           top_p: Optional[float] = None, stop_tokens: Sequence[int] = (),
+           seed: Optional[int] = None) -> Iterator[tuple]:
+    """Generates for every prompt at once, yielding after each step a tuple with, per prompt,
+    the new token id, or None once that sequence has stopped.
+
+    A sequence stops at its first token in ``stop_tokens`` (which is not emitted) or after
+    ``max_new_tokens``; the iterator ends when every sequence has stopped. Sampling: see
+    ``sample_next``; the draws come from one ``torch.Generator`` seeded with ``seed`` (a random
+    seed when None), so they depend on the set of prompts; greedy decoding does not. Each
+    sequence's tokens equal what it would get alone, up to floating-point reassociation.
+    Runs without gradients on the model's device; arguments are checked first (ValueError
+    naming the argument).
+    """
+    _check_arguments(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return _decode(model, [list(p) for p in prompts], max_new_tokens,
+                   (temperature, top_k, top_p, generator), set(stop_tokens), device)
+
+
+def _decode(model, prompts: list, max_new_tokens: int, sampling: tuple, stop: set,
+            device: torch.device) -> Iterator[tuple]:
+    stopped = [False] * len(prompts)
+    if max_new_tokens == 0:
+        return
+    logits, state = _prefill(model, prompts, device)
+    for step in range(max_new_tokens):
+        tokens = sample_next(logits, *sampling)
+        emitted = []
+        for i, token in enumerate(tokens.tolist()):
+            stopped[i] = stopped[i] or token in stop
+            emitted.append(None if stopped[i] else token)
+        yield tuple(emitted)
+        if all(stopped) or step == max_new_tokens - 1:
+            return
+        logits, state = _step(model, tokens, state)
+
+
+def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             temperature: float = 1.0, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, stop_tokens: Sequence[int] = (),
+             seed: Optional[int] = None) -> list:
+    """The new tokens of every prompt: a list of token-id lists (stop tokens excluded).
+
+    Same arguments and behaviour as ``stream``, which yields the tokens as they come.
+    """
+    new_tokens = [[] for _ in prompts]
+    for step in stream(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens,
+                       seed):
+        for tokens, token in zip(new_tokens, step):
+            if token is not None:
+                tokens.append(token)
+    return new_tokens
