@@ -9,8 +9,11 @@
 //   phase         (B, T, H, P)        arg z
 //   state         (N, H, 2P, D)       fp32 (fp64 with fp64 inputs); pair p in rows 2p, 2p+1
 //   cu_seqlens    (N + 1,) int32      packed sequences; then B == 1
-//   boundary      (B, NC, H, 2P, D)   state at every chunk start; with cu_seqlens
-//                 (NC + N, H, 2P, D)  (the static bound on the packed chunk count)
+//   boundary      (B, NC + 1, H, 2P, D)  state at every chunk start, then the final state (the
+//                                        extra row keeps the dimension provably > 1 for any
+//                                        T >= 1, so a dynamic T never guards on NC == 1);
+//                 (NC + N, H, 2P, D)     with cu_seqlens: chunk starts of each sequence in
+//                                        order, padded to the static bound on their count
 //   state_energy  (N, H)              mean over the sequence's chunk ends of ||S||_F^2
 // Output shapes follow from input shapes alone, so fake tensors, compile and export see them.
 #include <torch/library.h>

@@ -27,7 +27,7 @@ def chunk_delta_scan_fwd(q, k, v, beta, log_decay, phase, initial_state, cu_seql
     sdt = _state_dtype(q)
     n_chunks = (T + chunk_size - 1) // chunk_size
     if cu_seqlens is None:
-        boundary = q.new_empty(B, n_chunks, H, 2 * P, D, dtype=sdt)
+        boundary = q.new_empty(B, n_chunks + 1, H, 2 * P, D, dtype=sdt)
     else:
         boundary = q.new_empty(n_chunks + N, H, 2 * P, D, dtype=sdt)
     return (q.new_empty(B, T, H, P, 2), q.new_empty(N, H, 2 * P, D, dtype=sdt), boundary,

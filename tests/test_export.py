@@ -32,7 +32,7 @@ def test_package_in_fresh_process_matches_eager(cdssm_aoti_package, tmp_path):
     package, model = cdssm_aoti_package
     V = model.config.vocab_size
     g = torch.Generator().manual_seed(3)
-    inputs = [torch.randint(0, V, (2, T), generator=g) for T in (65, 70, 127, 128)]
+    inputs = [torch.randint(0, V, (2, T), generator=g) for T in (2, 64, 65, 128)]
     torch.save(inputs, tmp_path / "inputs.pt")
     result = subprocess.run(
         [sys.executable, "-c", LOADER, package, str(tmp_path / "inputs.pt"),

@@ -148,6 +148,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   scalar_t* op = o.data_ptr<scalar_t>();
   acc_t *fp = final_state.data_ptr<acc_t>(), *bdp = boundary.data_ptr<acc_t>(),
         *ep = energy.data_ptr<acc_t>();
+  const bool varlen = boundary.dim() == 4;
 
   at::parallel_for(0, static_cast<int64_t>(spans.size()) * H, 1, [&](int64_t begin, int64_t end) {
     Chunk<acc_t> ch(C, D, P);
@@ -207,6 +208,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         for (const auto& x : s) energy_sum += x.norm2();
       ep[sp.n * H + h] = energy_sum / static_cast<acc_t>(std::max<int64_t>(n_chunks, 1));
       store_state(fp + ix.state(sp.n, h), s, P, D);
+      if (!varlen) store_state(bdp + ix.state(sp.chunk_row + n_chunks, h), s, P, D);
     }
   });
 }
@@ -403,7 +405,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
   at::Tensor final_state = at::empty({N, H, 2 * P, D}, sopt);
   // Rows no sequence uses (padding of the varlen bound) are zeroed so the tensor is defined.
   at::Tensor boundary = cu_seqlens.has_value() ? at::zeros({NC + N, H, 2 * P, D}, sopt)
-                                               : at::empty({B, NC, H, 2 * P, D}, sopt);
+                                               : at::empty({B, NC + 1, H, 2 * P, D}, sopt);
   at::Tensor energy = at::empty({N, H}, sopt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "chunk_delta_scan_fwd", [&] {
     forward_impl<scalar_t>(q, k, v, beta, log_decay, phase, initial_state, spans, C, o,
@@ -427,7 +429,7 @@ chunk_delta_scan_bwd_cpu(const at::Tensor& grad_o, const std::optional<at::Tenso
               "grad_o: expected a contiguous ", q.scalar_type(), " tensor of shape ", v.sizes());
   const auto spans = make_spans(B, T, cu_seqlens, C);
   const int64_t N = static_cast<int64_t>(spans.size()), NC = (T + C - 1) / C;
-  const auto expected_rows = cu_seqlens.has_value() ? NC + N : B * NC;
+  const auto expected_rows = cu_seqlens.has_value() ? NC + N : B * (NC + 1);
   TORCH_CHECK(boundary_states.numel() == expected_rows * H * 2 * P * D &&
                   boundary_states.scalar_type() == log_decay.scalar_type() &&
                   boundary_states.is_contiguous(),

@@ -21,7 +21,8 @@ inline std::vector<Span> make_spans(int64_t B, int64_t T, const std::optional<at
   std::vector<Span> spans;
   const int64_t n_chunks = chunk_size > 0 ? (T + chunk_size - 1) / chunk_size : 0;
   if (!cu_seqlens.has_value()) {
-    for (int64_t b = 0; b < B; ++b) spans.push_back({b, 0, T, b, b * n_chunks});
+    // Each batch row owns n_chunks + 1 boundary rows: its chunk starts, then its final state.
+    for (int64_t b = 0; b < B; ++b) spans.push_back({b, 0, T, b, b * (n_chunks + 1)});
     return spans;
   }
   const at::Tensor cu = cu_seqlens->to(at::kCPU, at::kLong).contiguous();

@@ -127,7 +127,7 @@ struct ChunkPos {
   int m;
 };
 
-// The chunk of boundary row blockIdx.x (m = 0 for rows no sequence uses).
+// The chunk of boundary row blockIdx.x (m = 0 for rows that hold no chunk start).
 __device__ inline ChunkPos locate_chunk(const Sequences& seq, int C) {
   const int64_t row = blockIdx.x;
   ChunkPos c{row, 0, 0, 0};
@@ -140,7 +140,8 @@ __device__ inline ChunkPos locate_chunk(const Sequences& seq, int C) {
   const int64_t c0 = (row - seq.chunk_row[lo]) * C;
   c.n = lo;
   c.tok0 = seq.base[lo] + c0;
-  c.m = static_cast<int>(min64(C, seq.len[lo] - c0));
+  const int64_t left = seq.len[lo] - c0;  // ≤ 0 on a batch row's final-state row
+  c.m = left > 0 ? static_cast<int>(min64(C, left)) : 0;
   return c;
 }
 
@@ -283,7 +284,7 @@ __global__ void __launch_bounds__(1024) sequence_table_kernel(const int32_t* cu,
   const int64_t n_chunks = (T + C - 1) / C;
   if (cu == nullptr) {
     for (int64_t n = threadIdx.x; n <= N; n += blockDim.x) {
-      chunk_row[n] = n * n_chunks;
+      chunk_row[n] = n * (n_chunks + 1);  // chunk starts, then the final state
       if (n < N) { base[n] = n * T; len[n] = T; }
     }
     if (threadIdx.x == 0) *valid = 1;

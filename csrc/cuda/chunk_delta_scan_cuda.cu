@@ -43,7 +43,7 @@ SequenceTable make_sequence_table(int64_t B, int64_t T, const std::optional<at::
   st.valid = at::empty({1}, like.options().dtype(at::kInt));
   int64_t* p = st.table.data_ptr<int64_t>();
   st.seq = {p, p + N, p + 2 * N, N};
-  st.rows = cu_seqlens.has_value() ? NC + N : B * NC;
+  st.rows = cu_seqlens.has_value() ? NC + N : B * (NC + 1);
   cuda::sequence_table_kernel<<<1, 1024, 0, stream>>>(
       cu_seqlens.has_value() ? cu_seqlens->data_ptr<int32_t>() : nullptr, N, T,
       static_cast<int>(C), p, p + N, p + 2 * N, st.valid.data_ptr<int>());
@@ -144,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
   at::Tensor o = at::empty({B, T, H, P, 2}, q.options());
   at::Tensor final_state = at::empty({N, H, 2 * P, D}, sopt);
   at::Tensor boundary = cu_seqlens.has_value() ? at::zeros({NC + N, H, 2 * P, D}, sopt)
-                                               : at::empty({B, NC, H, 2 * P, D}, sopt);
+                                               : at::empty({B, NC + 1, H, 2 * P, D}, sopt);
   at::Tensor energy = at::empty({N, H}, sopt);
   if (N == 0 || H == 0) return {o, final_state, boundary, energy};
   const SequenceTable st = make_sequence_table(B, T, cu_seqlens, C, q, stream);
@@ -173,6 +173,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
   });
   if (cu_seqlens.has_value())
     for (at::Tensor* x : {&o, &final_state, &boundary, &energy}) fill_nan_if_invalid(*x, st, stream);
+  else
+    boundary.select(1, NC).copy_(final_state);
   return {o, final_state, boundary, energy};
 }
 
@@ -192,7 +194,7 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
                   grad_o.is_contiguous() && grad_o.device() == q.device(),
               "grad_o: expected a contiguous ", q.scalar_type(), " tensor of shape ", v.sizes(),
               " on ", q.device());
-  const int64_t expected_rows = cu_seqlens.has_value() ? NC + N : B * NC;
+  const int64_t expected_rows = cu_seqlens.has_value() ? NC + N : B * (NC + 1);
   TORCH_CHECK(boundary_states.numel() == expected_rows * H * 2 * P * D &&
                   boundary_states.scalar_type() == log_decay.scalar_type() &&
                   boundary_states.is_contiguous() && boundary_states.device() == q.device(),
