@@ -96,11 +96,11 @@ __device__ inline __half from_acc<__half, float>(float x) { return __float2half(
 // Bump allocation of a kernel's scratch (shared memory, or global memory when it does not fit);
 // with base 0 it only measures.
 struct Carve {
-  uintptr_t at;
+  unsigned char* at;  // a pointer, not an integer, so that the compiler sees shared-memory loads
   template <typename T>
   __host__ __device__ T* take(int64_t n) {
     T* p = reinterpret_cast<T*>(at);
-    at += (static_cast<uintptr_t>(n) * sizeof(T) + 15) & ~uintptr_t(15);
+    at += (n * static_cast<int64_t>(sizeof(T)) + 15) & ~int64_t(15);
     return p;
   }
 };
@@ -144,9 +144,12 @@ __device__ inline ChunkPos locate_chunk(const Sequences& seq, int C) {
   return c;
 }
 
+// A block's scratch: dynamic shared memory (kSmem; the compiler then emits shared-memory
+// accesses with 32-bit addresses), else its slice of global_scratch.
+template <bool kSmem>
 __device__ inline void* block_scratch(void* global_scratch, int64_t bytes) {
   extern __shared__ __align__(16) unsigned char smem[];
-  if (global_scratch == nullptr) return smem;
+  if (kSmem) return smem;
   const int64_t block = blockIdx.x + static_cast<int64_t>(gridDim.x) * blockIdx.y;
   return static_cast<unsigned char*>(global_scratch) + block * bytes;
 }
@@ -419,7 +422,7 @@ struct PrepareScratch {
   Cx<acc_t> *G, *vb, *eu;
   int64_t bytes;
   __host__ __device__ PrepareScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{static_cast<unsigned char*>(base)};
     K = c.take<acc_t>(int64_t(C) * (D + 1));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
     KK = c.take<acc_t>(int64_t(C) * (C + 1));
@@ -428,7 +431,7 @@ struct PrepareScratch {
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     vb = c.take<Cx<acc_t>>(int64_t(C) * P);
     eu = c.take<Cx<acc_t>>(int64_t(C) * P);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+    bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
 
@@ -440,7 +443,7 @@ struct ChunkWork {
   Cx<acc_t> *ul, *c, *gam_end;
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t, acc_t> in,
                                                                  Sequences seq,
                                                                  ChunkWork<acc_t> ws,
@@ -449,7 +452,7 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
   const ChunkPos c = locate_chunk(seq, C);
   if (c.m == 0) return;
   const int m = c.m;
-  PrepareScratch<acc_t> s(block_scratch(global_scratch, PrepareScratch<acc_t>(nullptr, C, D, P).bytes),
+  PrepareScratch<acc_t> s(block_scratch<kSmem>(global_scratch, PrepareScratch<acc_t>(nullptr, C, D, P).bytes),
                           C, D, P);
   load_rows(s.K, in.k, in, c.tok0, m, h);
   load_decay(s.G, in, c.tok0, m, h);
@@ -512,12 +515,12 @@ constexpr int kChainStages = 4;
 template <typename acc_t>
 struct ChainScratch {
   Cx<acc_t>* s0;
-  uintptr_t stage0;
+  unsigned char* stage0;
   int64_t s_len, stage, c_off, gam_off;
   int ldm;  // row stride of M: D padded by one 16-byte granule when rows are whole granules
   int64_t bytes;
   __host__ __device__ ChainScratch(void* base, int D, int P) {
-    Carve cv{reinterpret_cast<uintptr_t>(base)};
+    Carve cv{static_cast<unsigned char*>(base)};
     const int g = 16 / static_cast<int>(sizeof(acc_t));
     ldm = D % g == 0 ? D + g : D + 1;
     s_len = int64_t(P) * D;
@@ -529,7 +532,7 @@ struct ChainScratch {
     gam_off = static_cast<int64_t>(cv.at - stage0);
     cv.take<Cx<acc_t>>(P);
     stage = static_cast<int64_t>(cv.at - stage0);
-    bytes = static_cast<int64_t>(stage0 - reinterpret_cast<uintptr_t>(base)) + kChainStages * stage;
+    bytes = static_cast<int64_t>(stage0 - static_cast<unsigned char*>(base)) + kChainStages * stage;
   }
   __device__ Cx<acc_t>* s(int64_t k) const { return s0 + (k & 1) * s_len; }
   __device__ acc_t* M(int b) const { return reinterpret_cast<acc_t*>(stage0 + b * stage); }
@@ -566,7 +569,7 @@ __device__ void prefetch_map(const ChainScratch<acc_t>& sc, int b, const ChunkWo
   __pipeline_commit();
 }
 
-template <typename acc_t, bool kForward>
+template <typename acc_t, bool kForward, bool kSmem>
 __global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, int H, int D, int P,
                                                                int C, ChunkWork<acc_t> ws,
                                                                const acc_t* state_in,
@@ -575,7 +578,7 @@ __global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, in
                                                                void* global_scratch) {
   const int h = blockIdx.y;
   const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
-  ChainScratch<acc_t> sc(block_scratch(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
+  ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
   load_state(sc.s(0), state_in ? state_in + (n * H + h) * SD : nullptr, P, D);
   const int64_t n_chunks = (seq.len[n] + C - 1) / C;
   const auto wrow_of = [&](int64_t k) -> int64_t {
@@ -634,7 +637,7 @@ struct OutputScratch {
   Cx<acc_t> *G, *u, *s0;
   int64_t bytes;
   __host__ __device__ OutputScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{static_cast<unsigned char*>(base)};
     Q = c.take<acc_t>(int64_t(C) * (D + 1));
     K = c.take<acc_t>(int64_t(C) * (D + 1));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
@@ -642,11 +645,11 @@ struct OutputScratch {
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     u = c.take<Cx<acc_t>>(int64_t(C) * P);
     s0 = c.take<Cx<acc_t>>(int64_t(P) * D);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+    bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t, acc_t> in,
                                                                 Sequences seq,
                                                                 ChunkWork<acc_t> ws,
@@ -658,7 +661,7 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
   if (c.m == 0) return;
   const int m = c.m;
   const int64_t wrow = c.row * in.H + h;
-  OutputScratch<acc_t> s(block_scratch(global_scratch, OutputScratch<acc_t>(nullptr, C, D, P).bytes),
+  OutputScratch<acc_t> s(block_scratch<kSmem>(global_scratch, OutputScratch<acc_t>(nullptr, C, D, P).bytes),
                          C, D, P);
   load_rows(s.Q, in.q, in, c.tok0, m, h);
   load_rows(s.K, in.k, in, c.tok0, m, h);
@@ -711,7 +714,7 @@ struct LocalScratch {
   Cx<acc_t> *G, *gam, *dy, *du, *db;
   int64_t bytes;
   __host__ __device__ LocalScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{static_cast<unsigned char*>(base)};
     K = c.take<acc_t>(int64_t(C) * (D + 1));
     Q = c.take<acc_t>(int64_t(C) * (D + 1));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
@@ -724,7 +727,7 @@ struct LocalScratch {
     dy = c.take<Cx<acc_t>>(int64_t(C) * P);
     du = c.take<Cx<acc_t>>(int64_t(C) * P);
     db = c.take<Cx<acc_t>>(int64_t(C) * P);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+    bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
 
@@ -753,7 +756,7 @@ __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const sca
   __syncthreads();
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, acc_t> in,
                                                              Sequences seq, const scalar_t* grad_o,
                                                              ChunkWork<acc_t> ws,
@@ -763,7 +766,7 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
   if (c.m == 0) return;
   const int m = c.m, LC = C + 1, LD = D + 1;
   const int64_t wrow = c.row * in.H + h;
-  LocalScratch<acc_t> s(block_scratch(global_scratch, LocalScratch<acc_t>(nullptr, C, D, P).bytes),
+  LocalScratch<acc_t> s(block_scratch<kSmem>(global_scratch, LocalScratch<acc_t>(nullptr, C, D, P).bytes),
                         C, D, P);
   load_backward_chunk(in, grad_o, c, h, s.K, s.Q, s.KK, s.QK, s.T, s.beta, s.G, s.gam, s.dy);
   w_tile(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
@@ -821,7 +824,7 @@ struct ChunkBwdScratch {
   acc_t* red;                                         // (kThreads / 32) partial sums
   int64_t bytes;
   __host__ __device__ ChunkBwdScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{static_cast<unsigned char*>(base)};
     K = c.take<acc_t>(int64_t(C) * (D + 1));
     Q = c.take<acc_t>(int64_t(C) * (D + 1));
     dQ = c.take<acc_t>(int64_t(C) * (D + 1));
@@ -848,7 +851,7 @@ struct ChunkBwdScratch {
     db = c.take<Cx<acc_t>>(C);
     dG = c.take<Cx<acc_t>>(C);
     red = c.take<acc_t>(2 * kThreads / 32);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+    bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
 
@@ -859,7 +862,7 @@ struct Grads {
   acc_t *dlog_decay, *dphase;
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in,
                                                              Sequences seq,
                                                              const Cx<acc_t>* ds_end,
@@ -873,7 +876,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
   const int m = c.m, LC = C + 1, LD = D + 1;
   const int64_t wrow = c.row * in.H + h;
   ChunkBwdScratch<acc_t> s(
-      block_scratch(global_scratch, ChunkBwdScratch<acc_t>(nullptr, C, D, P).bytes), C, D, P);
+      block_scratch<kSmem>(global_scratch, ChunkBwdScratch<acc_t>(nullptr, C, D, P).bytes), C, D, P);
   load_backward_chunk(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.QK, s.T, s.beta, s.G, s.gam, s.dy);
   for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
     s.dT[(i / m) * LC + i % m] = 0;
