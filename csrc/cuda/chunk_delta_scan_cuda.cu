@@ -165,7 +165,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     launch(cuda::chunk_prepare_kernel<dev_t, acc_t, true>, cuda::chunk_prepare_kernel<dev_t, acc_t, false>, chunks,
            cuda::PrepareScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws);
-    launch(cuda::state_chain_kernel<acc_t, true, true>, cuda::state_chain_kernel<acc_t, true, false>, heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+    launch(cuda::state_chain_kernel<acc_t, true, true>, cuda::state_chain_kernel<acc_t, true, false>,
+           heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr,
            boundary.data_ptr<acc_t>(), static_cast<cx*>(nullptr), final_state.data_ptr<acc_t>(),
@@ -226,7 +227,8 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
     const dev_t* go = reinterpret_cast<const dev_t*>(grad_o.data_ptr());
     launch(cuda::bwd_local_kernel<dev_t, acc_t, true>, cuda::bwd_local_kernel<dev_t, acc_t, false>, chunks,
            cuda::LocalScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, go, ws);
-    launch(cuda::state_chain_kernel<acc_t, false, true>, cuda::state_chain_kernel<acc_t, false, false>, heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+    launch(cuda::state_chain_kernel<acc_t, false, true>, cuda::state_chain_kernel<acc_t, false, false>,
+           heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
            static_cast<acc_t*>(nullptr), ds_end_p, dinit.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr));
