@@ -96,11 +96,11 @@ __device__ inline __half from_acc<__half, float>(float x) { return __float2half(
 // Bump allocation of a kernel's scratch (shared memory, or global memory when it does not fit);
 // with base 0 it only measures.
 struct Carve {
-  uintptr_t at;
+  unsigned char* at;  // a pointer, not an integer, so that the compiler sees shared-memory loads
   template <typename T>
   __host__ __device__ T* take(int64_t n) {
     T* p = reinterpret_cast<T*>(at);
-    at += (static_cast<uintptr_t>(n) * sizeof(T) + 15) & ~uintptr_t(15);
+    at += (n * static_cast<int64_t>(sizeof(T)) + 15) & ~int64_t(15);
     return p;
   }
 };
@@ -145,9 +145,12 @@ __device__ inline ChunkPos locate_chunk(const Sequences& seq, int C) {
   return c;
 }
 
+// A block's scratch: dynamic shared memory (kSmem; the compiler then emits shared-memory
+// accesses with 32-bit addresses), else its slice of global_scratch.
+template <bool kSmem>
 __device__ inline void* block_scratch(void* global_scratch, int64_t bytes) {
   extern __shared__ __align__(16) unsigned char smem[];
-  if (global_scratch == nullptr) return smem;
+  if (kSmem) return smem;
   const int64_t block = blockIdx.x + static_cast<int64_t>(gridDim.x) * blockIdx.y;
   return static_cast<unsigned char*>(global_scratch) + block * bytes;
 }
@@ -189,58 +192,139 @@ __device__ void cumulate_decay(Cx<acc_t>* G, Cx<acc_t>* gamma, int m, int C, int
   }
 }
 
+// Sum over the 4 lanes of a quad (lanes 4i..4i+3 of a warp; every lane of the warp calls it).
+template <typename acc_t>
+__device__ inline acc_t quad_sum(acc_t x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+template <typename acc_t>
+__device__ inline Cx<acc_t> quad_sum(Cx<acc_t> x) {
+  return {quad_sum(x.re), quad_sum(x.im)};
+}
+
+// Items i < n, four lanes each: partial(i, lane, quads) returns the lane's share of item i's sum
+// (terms lane, lane + 4, ...), use(i, total) runs on the first lane. All threads call it.
+template <typename V, typename Partial, typename Use>
+__device__ void quad_reduce(int n, Partial partial, Use use) {
+  for (int x0 = 0; x0 < 4 * n; x0 += blockDim.x) {
+    const int x = x0 + threadIdx.x, i = x / 4, lane = x % 4;
+    V acc = V();
+    if (i < n) acc = partial(i, lane);
+    acc = quad_sum(acc);
+    if (i < n && lane == 0) use(i, acc);
+  }
+}
+
+// out(i, j, Σ_{k<K} a(i, k) b(k, j)) for i < M, j < N, a 4 × 4 register tile per thread: rows
+// i0 + r⌈M/4⌉, columns j0 + c⌈N/4⌉ (neighbouring threads take neighbouring columns, so a warp
+// reads two rows of a and 16 consecutive columns of b per k). All threads call it.
+template <typename acc_t, typename FA, typename FB, typename FO>
+__device__ void tile_gemm(int M, int N, int K, FA a, FB b, FO out) {
+  const int tm = (M + 3) / 4, tn = (N + 3) / 4;
+  for (int x = threadIdx.x; x < tm * tn; x += blockDim.x) {
+    const int i0 = x / tn, j0 = x % tn;
+    acc_t acc[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] = 0;
+    for (int k = 0; k < K; ++k) {
+      acc_t av[4], bv[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) av[r] = i0 + r * tm < M ? a(i0 + r * tm, k) : acc_t(0);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) bv[c] = j0 + c * tn < N ? b(k, j0 + c * tn) : acc_t(0);
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r][c] += av[r] * bv[c];
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c)
+        if (i0 + r * tm < M && j0 + c * tn < N) out(i0 + r * tm, j0 + c * tn, acc[r][c]);
+  }
+}
+
 // out[t·(C+1) + j] = a_t·b_j for j ≤ t (j < t when strict), t < m.
 template <typename acc_t>
 __device__ void lower_gram(acc_t* out, const acc_t* a, const acc_t* b, int m, int C, int D,
                            bool strict) {
-  for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-    const int t = i / m, j = i % m;
-    if (strict ? j >= t : j > t) continue;
-    acc_t acc = 0;
-    for (int d = 0; d < D; ++d) acc += a[t * (D + 1) + d] * b[j * (D + 1) + d];
-    out[t * (C + 1) + j] = acc;
-  }
+  tile_gemm<acc_t>(
+      m, m, D, [&](int t, int d) { return a[t * (D + 1) + d]; },
+      [&](int d, int j) { return b[j * (D + 1) + d]; },
+      [&](int t, int j, acc_t v) {
+        if (strict ? j < t : j <= t) out[t * (C + 1) + j] = v;
+      });
 }
 
-// T_real = (I + strict_lower(diag(β) KK))⁻¹ by forward substitution, one column per thread:
-// T_tj = −β_t (KK_tj + Σ_{j<l<t} KK_tl T_lj), T_jj = 1, T_tj = 0 for t < j.
+// T_real = (I + strict_lower(diag(β) KK))⁻¹ (m × m, zero above the diagonal), blockwise with
+// 16 × 16 diagonal blocks: each diagonal block by forward substitution (one column per thread,
+// T_tj = −β_t (KK_tj + Σ_{j<l<t} KK_tl T_lj)), then the block diagonals I − J = 1, 2, ... as
+//   T_IJ = −T_II X_IJ,  X_IJ = Σ_{J≤K<I} A_IK T_KJ,  A_tl = β_t KK_tl,
+// with X_IJ parked transposed in the (unused) upper triangle until the end.
 template <typename acc_t>
 __device__ void unit_lower_inverse(acc_t* T, const acc_t* KK, const acc_t* beta, int m, int C) {
-  const int L = C + 1;  // row stride
+  constexpr int kB = 16;
+  const int L = C + 1, nb = (m + kB - 1) / kB;
   for (int j = threadIdx.x; j < m; j += blockDim.x) {
-    for (int l = 0; l < j; ++l) T[l * L + j] = 0;
+    const int end = min(m, (j / kB + 1) * kB);
     T[j * L + j] = 1;
-    for (int t = j + 1; t < m; ++t) {
+    for (int t = j + 1; t < end; ++t) {
       acc_t acc = KK[t * L + j];
       for (int l = j + 1; l < t; ++l) acc += KK[t * L + l] * T[l * L + j];
       T[t * L + j] = -beta[t] * acc;
     }
   }
+  __syncthreads();
+  for (int dist = 1; dist < nb; ++dist) {
+    const int items = (nb - dist) * kB * kB;
+    for (int x = threadIdx.x; x < items; x += blockDim.x) {
+      const int J = x / (kB * kB), I = J + dist;
+      const int t = I * kB + (x / kB) % kB, j = J * kB + x % kB;
+      if (t >= m) continue;
+      acc_t acc = 0;
+      for (int l = j; l < I * kB; ++l) acc += KK[t * L + l] * T[l * L + j];
+      T[j * L + t] = beta[t] * acc;  // X_tj
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < items; x += blockDim.x) {
+      const int J = x / (kB * kB), I = J + dist;
+      const int t = I * kB + (x / kB) % kB, j = J * kB + x % kB;
+      if (t >= m) continue;
+      acc_t acc = 0;
+      for (int l = I * kB; l <= t; ++l) acc += T[t * L + l] * T[j * L + l];
+      T[t * L + j] = -acc;
+    }
+    __syncthreads();
+  }
+  for (int x = threadIdx.x; x < m * m; x += blockDim.x)
+    if (x % m > x / m) T[(x / m) * L + x % m] = 0;
 }
 
 // W_td = Σ_{j≤t} T_tj β_j K_jd into the tile W, and densely into global Wg (if given).
 template <typename acc_t>
 __device__ void w_tile(acc_t* W, acc_t* Wg, const acc_t* T, const acc_t* beta, const acc_t* K,
                        int m, int C, int D) {
-  for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
-    const int t = i / D, d = i % D;
-    acc_t acc = 0;
-    for (int j = 0; j <= t; ++j) acc += T[t * (C + 1) + j] * beta[j] * K[j * (D + 1) + d];
-    W[t * (D + 1) + d] = acc;
-    if (Wg) Wg[i] = acc;
-  }
+  tile_gemm<acc_t>(
+      m, D, m, [&](int t, int j) { return T[t * (C + 1) + j] * beta[j]; },
+      [&](int j, int d) { return K[j * (D + 1) + d]; },
+      [&](int t, int d, acc_t v) {
+        W[t * (D + 1) + d] = v;
+        if (Wg) Wg[t * D + d] = v;
+      });
 }
 
-// M = I − Kᵀ W (D × D, the decay-free part of the chunk's state map), densely into global Mg;
-// transposed when `transpose` (the backward pass applies Mᵀ).
+// Mg = I − Aᵀ B (D × D, densely in global memory) for (m, D) tiles A, B: the decay-free part
+// of the chunk's state map M = I − Kᵀ W with (A, B) = (K, W), or its transpose with (W, K).
 template <typename acc_t>
-__device__ void state_map(acc_t* Mg, const acc_t* K, const acc_t* W, int m, int D, bool transpose) {
-  for (int i = threadIdx.x; i < D * D; i += blockDim.x) {
-    const int d = i / D, e = i % D;
-    acc_t acc = d == e ? acc_t(1) : acc_t(0);
-    for (int t = 0; t < m; ++t) acc -= K[t * (D + 1) + d] * W[t * (D + 1) + e];
-    Mg[transpose ? e * D + d : i] = acc;
-  }
+__device__ void state_map(acc_t* Mg, const acc_t* A, const acc_t* B, int m, int D) {
+  tile_gemm<acc_t>(
+      D, D, m, [&](int d, int t) { return A[t * (D + 1) + d]; },
+      [&](int t, int e) { return B[t * (D + 1) + e]; },
+      [&](int d, int e, acc_t v) { Mg[d * D + e] = (d == e ? acc_t(1) : acc_t(0)) - v; });
 }
 
 // State rows of one (row, head) in the (.., 2P, D) layout <-> complex s[p·D + d].
@@ -339,7 +423,7 @@ struct PrepareScratch {
   Cx<acc_t> *G, *vb, *eu;
   int64_t bytes;
   __host__ __device__ PrepareScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{static_cast<unsigned char*>(base)};
     K = c.take<acc_t>(int64_t(C) * (D + 1));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
     KK = c.take<acc_t>(int64_t(C) * (C + 1));
@@ -348,7 +432,7 @@ struct PrepareScratch {
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     vb = c.take<Cx<acc_t>>(int64_t(C) * P);
     eu = c.take<Cx<acc_t>>(int64_t(C) * P);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+    bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
 
@@ -360,7 +444,7 @@ struct ChunkWork {
   Cx<acc_t> *ul, *c, *gam_end;
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t, acc_t> in,
                                                                  Sequences seq,
                                                                  ChunkWork<acc_t> ws,
@@ -369,7 +453,7 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
   const ChunkPos c = locate_chunk(seq, C);
   if (c.m == 0) return;
   const int m = c.m;
-  PrepareScratch<acc_t> s(block_scratch(global_scratch, PrepareScratch<acc_t>(nullptr, C, D, P).bytes),
+  PrepareScratch<acc_t> s(block_scratch<kSmem>(global_scratch, PrepareScratch<acc_t>(nullptr, C, D, P).bytes),
                           C, D, P);
   load_rows(s.K, in.k, in, c.tok0, m, h);
   load_decay(s.G, in, c.tok0, m, h);
@@ -389,69 +473,104 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
   const int64_t wrow = c.row * in.H + h;
   w_tile(s.W, ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
   // u_loc_t = Σ_{j≤t} E_tj T_tj β_j v^c_j;  eu_t = E_{n−1,t} u_loc_t.
-  for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
-    const int t = i / P, p = i % P;
-    const Cx<acc_t>* G = s.G + p * C;
-    Cx<acc_t> acc;
-    for (int j = 0; j <= t; ++j) acc += edecay(G, t, j) * s.vb[j * P + p] * s.T[t * (C + 1) + j];
-    ws.ul[wrow * C * P + i] = acc;
-    s.eu[i] = edecay(G, m - 1, t) * acc;
-  }
+  quad_reduce<Cx<acc_t>>(
+      m * P,
+      [&](int i, int lane) {
+        const int t = i / P, p = i % P;
+        const Cx<acc_t>* G = s.G + p * C;
+        Cx<acc_t> acc;
+        for (int j = lane; j <= t; j += 4) acc += edecay(G, t, j) * s.vb[j * P + p] * s.T[t * (C + 1) + j];
+        return acc;
+      },
+      [&](int i, Cx<acc_t> acc) {
+        const int t = i / P, p = i % P;
+        ws.ul[wrow * C * P + i] = acc;
+        s.eu[i] = edecay(s.G + p * C, m - 1, t) * acc;
+      });
   __syncthreads();
-  state_map(ws.M + wrow * D * D, s.K, s.W, m, D, false);
-  for (int i = threadIdx.x; i < P * D; i += blockDim.x) {
-    const int p = i / D, d = i % D;
-    Cx<acc_t> acc;
-    for (int t = 0; t < m; ++t) acc += s.eu[t * P + p] * s.K[t * (D + 1) + d];
-    ws.c[wrow * P * D + i] = acc;
-  }
+  state_map(ws.M + wrow * D * D, s.K, s.W, m, D);
+  quad_reduce<Cx<acc_t>>(
+      P * D,
+      [&](int i, int lane) {
+        const int p = i / D, d = i % D;
+        Cx<acc_t> acc;
+        for (int t = lane; t < m; t += 4) acc += s.eu[t * P + p] * s.K[t * (D + 1) + d];
+        return acc;
+      },
+      [&](int i, Cx<acc_t> acc) { ws.c[wrow * P * D + i] = acc; });
   for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end[wrow * P + p] = cexp(s.G[p * C + m - 1]);
 }
 
 // Forward (2) and backward (2): per (sequence, head), the chain of chunk state maps, in order
 // (forward: s ← Γ_{n−1} ⊙ (M s) + c, storing s at every chunk start, then the final state and
 // the mean chunk-end ‖S‖²) or in reverse (backward: ds ← conj(Γ_{n−1}) ⊙ (Mᵀ ds) + ds_loc,
-// storing ds at every chunk end, then the initial-state gradient). The next chunk's M, c, Γ are
-// copied into shared memory asynchronously while the current step runs; four threads share a
-// dot product of length D.
+// storing ds at every chunk end, then the initial-state gradient). The maps of the next
+// kChainStages − 1 chunks are in flight (asynchronous copies into a ring of shared-memory
+// stages) while the current step runs, so a step waits on no memory latency; s is double
+// buffered, one barrier per step; four threads share a dot product of length D.
 
+constexpr int kChainStages = 4;
+
+// s (two buffers of P·D), then kChainStages stages of (M (D × ldm), c (P·D), Γ_{n−1} (P)), each
+// `stage` bytes apart (addressed arithmetically, so that no pointer array goes to local memory).
 template <typename acc_t>
 struct ChainScratch {
-  Cx<acc_t> *s, *s_next, *c[2], *gam[2];
-  acc_t* M[2];
+  Cx<acc_t>* s0;
+  unsigned char* stage0;
+  int64_t s_len, stage, c_off, gam_off;
+  int ldm;  // row stride of M: D padded by one 16-byte granule when rows are whole granules
   int64_t bytes;
   __host__ __device__ ChainScratch(void* base, int D, int P) {
-    Carve cv{reinterpret_cast<uintptr_t>(base)};
-    s = cv.take<Cx<acc_t>>(int64_t(P) * D);
-    s_next = cv.take<Cx<acc_t>>(int64_t(P) * D);
-    for (int b = 0; b < 2; ++b) {
-      M[b] = cv.take<acc_t>(int64_t(D) * (D + 1));
-      c[b] = cv.take<Cx<acc_t>>(int64_t(P) * D);
-      gam[b] = cv.take<Cx<acc_t>>(P);
-    }
-    bytes = static_cast<int64_t>(cv.at - reinterpret_cast<uintptr_t>(base));
+    Carve cv{static_cast<unsigned char*>(base)};
+    const int g = 16 / static_cast<int>(sizeof(acc_t));
+    ldm = D % g == 0 ? D + g : D + 1;
+    s_len = int64_t(P) * D;
+    s0 = cv.take<Cx<acc_t>>(2 * s_len);
+    stage0 = cv.at;
+    cv.take<acc_t>(int64_t(D) * ldm);
+    c_off = static_cast<int64_t>(cv.at - stage0);
+    cv.take<Cx<acc_t>>(int64_t(P) * D);
+    gam_off = static_cast<int64_t>(cv.at - stage0);
+    cv.take<Cx<acc_t>>(P);
+    stage = static_cast<int64_t>(cv.at - stage0);
+    bytes = static_cast<int64_t>(stage0 - static_cast<unsigned char*>(base)) + kChainStages * stage;
+  }
+  __device__ Cx<acc_t>* s(int64_t k) const { return s0 + (k & 1) * s_len; }
+  __device__ acc_t* M(int b) const { return reinterpret_cast<acc_t*>(stage0 + b * stage); }
+  __device__ Cx<acc_t>* c(int b) const { return reinterpret_cast<Cx<acc_t>*>(stage0 + b * stage + c_off); }
+  __device__ Cx<acc_t>* gam(int b) const {
+    return reinterpret_cast<Cx<acc_t>*>(stage0 + b * stage + gam_off);
   }
 };
 
+// Issues the copies of chunk (row, head)'s M, c, Γ_{n−1} into stage b (16-byte copies of M when
+// its rows are whole, aligned granules), then commits them as one batch (empty when wrow < 0).
 template <typename acc_t>
-__device__ void copy_async(acc_t* dst, const acc_t* src) {
-  __pipeline_memcpy_async(dst, src, sizeof(acc_t));
-}
-
-// Issues the copies of chunk (row, head)'s M, c, Γ_{n−1} into Mb, cb, gb.
-template <typename acc_t>
-__device__ void prefetch_map(acc_t* Mb, Cx<acc_t>* cb, Cx<acc_t>* gb, const ChunkWork<acc_t>& ws,
+__device__ void prefetch_map(const ChainScratch<acc_t>& sc, int b, const ChunkWork<acc_t>& ws,
                              int64_t wrow, int D, int P) {
-  const acc_t* M = ws.M + wrow * D * D;
-  for (int i = threadIdx.x; i < D * D; i += blockDim.x) copy_async(&Mb[(i / D) * (D + 1) + i % D], &M[i]);
-  const acc_t* c = reinterpret_cast<const acc_t*>(ws.c + wrow * P * D);
-  for (int i = threadIdx.x; i < 2 * P * D; i += blockDim.x) copy_async(&reinterpret_cast<acc_t*>(cb)[i], &c[i]);
-  const acc_t* g = reinterpret_cast<const acc_t*>(ws.gam_end + wrow * P);
-  for (int i = threadIdx.x; i < 2 * P; i += blockDim.x) copy_async(&reinterpret_cast<acc_t*>(gb)[i], &g[i]);
+  if (wrow >= 0) {
+    const acc_t* M = ws.M + wrow * D * D;
+    const int g = 16 / static_cast<int>(sizeof(acc_t));
+    if (D % g == 0 && reinterpret_cast<uintptr_t>(M) % 16 == 0) {
+      const int per_row = D / g;
+      for (int i = threadIdx.x; i < D * per_row; i += blockDim.x)
+        __pipeline_memcpy_async(&sc.M(b)[(i / per_row) * sc.ldm + (i % per_row) * g],
+                                &M[(i / per_row) * D + (i % per_row) * g], 16);
+    } else {
+      for (int i = threadIdx.x; i < D * D; i += blockDim.x)
+        __pipeline_memcpy_async(&sc.M(b)[(i / D) * sc.ldm + i % D], &M[i], sizeof(acc_t));
+    }
+    const acc_t* c = reinterpret_cast<const acc_t*>(ws.c + wrow * P * D);
+    for (int i = threadIdx.x; i < 2 * P * D; i += blockDim.x)
+      __pipeline_memcpy_async(&reinterpret_cast<acc_t*>(sc.c(b))[i], &c[i], sizeof(acc_t));
+    const acc_t* gm = reinterpret_cast<const acc_t*>(ws.gam_end + wrow * P);
+    for (int i = threadIdx.x; i < 2 * P; i += blockDim.x)
+      __pipeline_memcpy_async(&reinterpret_cast<acc_t*>(sc.gam(b))[i], &gm[i], sizeof(acc_t));
+  }
   __pipeline_commit();
 }
 
-template <typename acc_t, bool kForward>
+template <typename acc_t, bool kForward, bool kSmem>
 __global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, int H, int D, int P,
                                                                int C, ChunkWork<acc_t> ws,
                                                                const acc_t* state_in,
@@ -460,55 +579,52 @@ __global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, in
                                                                void* global_scratch) {
   const int h = blockIdx.y;
   const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
-  ChainScratch<acc_t> sc(block_scratch(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
-  load_state(sc.s, state_in ? state_in + (n * H + h) * SD : nullptr, P, D);
+  ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
+  load_state(sc.s(0), state_in ? state_in + (n * H + h) * SD : nullptr, P, D);
   const int64_t n_chunks = (seq.len[n] + C - 1) / C;
-  const auto wrow_of = [&](int64_t k) {
+  const auto wrow_of = [&](int64_t k) -> int64_t {
+    if (k >= n_chunks) return -1;
     return (seq.chunk_row[n] + (kForward ? k : n_chunks - 1 - k)) * H + h;
   };
-  if (n_chunks > 0) prefetch_map(sc.M[0], sc.c[0], sc.gam[0], ws, wrow_of(0), D, P);
+  for (int k = 0; k < kChainStages - 1; ++k) prefetch_map(sc, k, ws, wrow_of(k), D, P);
   acc_t energy_sum = 0;
   const int items = 4 * P * D;
   for (int64_t k = 0; k < n_chunks; ++k) {
-    const bool odd = k & 1;
-    const acc_t* M = odd ? sc.M[1] : sc.M[0];
-    const Cx<acc_t>* cmap = odd ? sc.c[1] : sc.c[0];
-    const Cx<acc_t>* gam = odd ? sc.gam[1] : sc.gam[0];
+    const int b = static_cast<int>(k % kChainStages);
+    const Cx<acc_t>* s_cur = sc.s(k);
+    Cx<acc_t>* s_nxt = sc.s(k + 1);
     const int64_t wrow = wrow_of(k);
-    if (kForward) store_state(boundary + wrow * SD, sc.s, P, D);
-    else for (int x = threadIdx.x; x < P * D; x += blockDim.x) ds_end[wrow * P * D + x] = sc.s[x];
-    __pipeline_wait_prior(0);
-    __syncthreads();
-    if (k + 1 < n_chunks)
-      prefetch_map(odd ? sc.M[0] : sc.M[1], odd ? sc.c[0] : sc.c[1], odd ? sc.gam[0] : sc.gam[1], ws,
-                   wrow_of(k + 1), D, P);
+    __pipeline_wait_prior(kChainStages - 2);
+    __syncthreads();  // stage b and s_cur complete; stage (k − 1) % kChainStages free
+    prefetch_map(sc, static_cast<int>((k + kChainStages - 1) % kChainStages), ws,
+                 wrow_of(k + kChainStages - 1), D, P);
+    if (kForward) store_state(boundary + wrow * SD, s_cur, P, D);
+    else for (int x = threadIdx.x; x < P * D; x += blockDim.x) ds_end[wrow * P * D + x] = s_cur[x];
+    const acc_t* M = sc.M(b);
     for (int x0 = 0; x0 < items; x0 += blockDim.x) {
       const int x = x0 + threadIdx.x, item = x / 4, lane = x % 4;
       Cx<acc_t> acc;
       if (x < items) {
         const int p = item / D, d = item % D;
-        for (int e = lane; e < D; e += 4) acc += sc.s[p * D + e] * M[d * (D + 1) + e];
+        for (int e = lane; e < D; e += 4) acc += s_cur[p * D + e] * M[d * sc.ldm + e];
       }
-      for (int o = 1; o < 4; o *= 2) {
-        acc.re += __shfl_xor_sync(0xffffffffu, acc.re, o);
-        acc.im += __shfl_xor_sync(0xffffffffu, acc.im, o);
-      }
+      acc = quad_sum(acc);
       if (x < items && lane == 0) {
         const int p = item / D;
-        const Cx<acc_t> g = kForward ? gam[p] : gam[p].conj();
-        const Cx<acc_t> s_new = g * acc + cmap[item];
-        sc.s_next[item] = s_new;
+        const Cx<acc_t> g = kForward ? sc.gam(b)[p] : sc.gam(b)[p].conj();
+        const Cx<acc_t> s_new = g * acc + sc.c(b)[item];
+        s_nxt[item] = s_new;
         if (kForward) energy_sum += s_new.norm2();
       }
     }
-    __syncthreads();
-    for (int x = threadIdx.x; x < P * D; x += blockDim.x) sc.s[x] = sc.s_next[x];
-    __syncthreads();
   }
-  store_state(state_out + (n * H + h) * SD, sc.s, P, D);
+  __pipeline_wait_prior(0);
+  __syncthreads();
+  const Cx<acc_t>* s_fin = sc.s(n_chunks);
+  store_state(state_out + (n * H + h) * SD, s_fin, P, D);
   if (kForward) {
     if (n_chunks == 0)
-      for (int x = threadIdx.x; x < P * D; x += blockDim.x) energy_sum += sc.s[x].norm2();
+      for (int x = threadIdx.x; x < P * D; x += blockDim.x) energy_sum += s_fin[x].norm2();
     const acc_t total = block_sum(energy_sum);
     if (threadIdx.x == 0) energy[n * H + h] = total / static_cast<acc_t>(n_chunks > 0 ? n_chunks : 1);
   }
@@ -522,7 +638,7 @@ struct OutputScratch {
   Cx<acc_t> *G, *u, *s0;
   int64_t bytes;
   __host__ __device__ OutputScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{static_cast<unsigned char*>(base)};
     Q = c.take<acc_t>(int64_t(C) * (D + 1));
     K = c.take<acc_t>(int64_t(C) * (D + 1));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
@@ -530,11 +646,11 @@ struct OutputScratch {
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     u = c.take<Cx<acc_t>>(int64_t(C) * P);
     s0 = c.take<Cx<acc_t>>(int64_t(P) * D);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+    bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t, acc_t> in,
                                                                 Sequences seq,
                                                                 ChunkWork<acc_t> ws,
@@ -546,7 +662,7 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
   if (c.m == 0) return;
   const int m = c.m;
   const int64_t wrow = c.row * in.H + h;
-  OutputScratch<acc_t> s(block_scratch(global_scratch, OutputScratch<acc_t>(nullptr, C, D, P).bytes),
+  OutputScratch<acc_t> s(block_scratch<kSmem>(global_scratch, OutputScratch<acc_t>(nullptr, C, D, P).bytes),
                          C, D, P);
   load_rows(s.Q, in.q, in, c.tok0, m, h);
   load_rows(s.K, in.k, in, c.tok0, m, h);
@@ -558,24 +674,36 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
   lower_gram(s.QK, s.Q, s.K, m, C, D, false);
   cumulate_decay(s.G, static_cast<Cx<acc_t>*>(nullptr), m, C, P);
   __syncthreads();
-  for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
-    const int t = i / P, p = i % P;
-    Cx<acc_t> r;
-    for (int d = 0; d < D; ++d) r += s.s0[p * D + d] * s.W[t * (D + 1) + d];
-    s.u[i] = ws.ul[wrow * C * P + i] - cexp(s.G[p * C + t]) * r;
-  }
+  quad_reduce<Cx<acc_t>>(
+      m * P,
+      [&](int i, int lane) {
+        const int t = i / P, p = i % P;
+        Cx<acc_t> r;
+        for (int d = lane; d < D; d += 4) r += s.s0[p * D + d] * s.W[t * (D + 1) + d];
+        return r;
+      },
+      [&](int i, Cx<acc_t> r) {
+        const int t = i / P, p = i % P;
+        s.u[i] = ws.ul[wrow * C * P + i] - cexp(s.G[p * C + t]) * r;
+      });
   __syncthreads();
-  for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
-    const int t = i / P, p = i % P;
-    const Cx<acc_t>* G = s.G + p * C;
-    Cx<acc_t> qs;
-    for (int d = 0; d < D; ++d) qs += s.s0[p * D + d] * s.Q[t * (D + 1) + d];
-    Cx<acc_t> y = cexp(G[t]) * qs;
-    for (int j = 0; j <= t; ++j) y += edecay(G, t, j) * s.u[j * P + p] * s.QK[t * (C + 1) + j];
-    scalar_t* ot = o + 2 * (((c.tok0 + t) * in.H + h) * P + p);
-    ot[0] = from_acc<scalar_t>(y.re);
-    ot[1] = from_acc<scalar_t>(y.im);
-  }
+  quad_reduce<Cx<acc_t>>(
+      m * P,
+      [&](int i, int lane) {
+        const int t = i / P, p = i % P;
+        const Cx<acc_t>* G = s.G + p * C;
+        Cx<acc_t> qs, y;
+        for (int d = lane; d < D; d += 4) qs += s.s0[p * D + d] * s.Q[t * (D + 1) + d];
+        y = cexp(G[t]) * qs;
+        for (int j = lane; j <= t; j += 4) y += edecay(G, t, j) * s.u[j * P + p] * s.QK[t * (C + 1) + j];
+        return y;
+      },
+      [&](int i, Cx<acc_t> y) {
+        const int t = i / P, p = i % P;
+        scalar_t* ot = o + 2 * (((c.tok0 + t) * in.H + h) * P + p);
+        ot[0] = from_acc<scalar_t>(y.re);
+        ot[1] = from_acc<scalar_t>(y.im);
+      });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -587,7 +715,7 @@ struct LocalScratch {
   Cx<acc_t> *G, *gam, *dy, *du, *db;
   int64_t bytes;
   __host__ __device__ LocalScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{static_cast<unsigned char*>(base)};
     K = c.take<acc_t>(int64_t(C) * (D + 1));
     Q = c.take<acc_t>(int64_t(C) * (D + 1));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
@@ -600,7 +728,7 @@ struct LocalScratch {
     dy = c.take<Cx<acc_t>>(int64_t(C) * P);
     du = c.take<Cx<acc_t>>(int64_t(C) * P);
     db = c.take<Cx<acc_t>>(int64_t(C) * P);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+    bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
 
@@ -629,7 +757,7 @@ __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const sca
   __syncthreads();
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, acc_t> in,
                                                              Sequences seq, const scalar_t* grad_o,
                                                              ChunkWork<acc_t> ws,
@@ -639,39 +767,50 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
   if (c.m == 0) return;
   const int m = c.m, LC = C + 1, LD = D + 1;
   const int64_t wrow = c.row * in.H + h;
-  LocalScratch<acc_t> s(block_scratch(global_scratch, LocalScratch<acc_t>(nullptr, C, D, P).bytes),
+  LocalScratch<acc_t> s(block_scratch<kSmem>(global_scratch, LocalScratch<acc_t>(nullptr, C, D, P).bytes),
                         C, D, P);
   load_backward_chunk(in, grad_o, c, h, s.K, s.Q, s.KK, s.QK, s.T, s.beta, s.G, s.gam, s.dy);
   w_tile(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
   // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t
-  for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
-    const int p = i / m, j = i % m;
-    const Cx<acc_t>* G = s.G + p * C;
-    Cx<acc_t> acc;
-    for (int t = j; t < m; ++t) acc += (edecay(G, t, j) * s.QK[t * LC + j]).conj() * s.dy[p * C + t];
-    s.du[p * C + j] = acc;
-  }
+  quad_reduce<Cx<acc_t>>(
+      m * P,
+      [&](int i, int lane) {
+        const int p = i / m, j = i % m;
+        const Cx<acc_t>* G = s.G + p * C;
+        Cx<acc_t> acc;
+        for (int t = j + lane; t < m; t += 4)
+          acc += (edecay(G, t, j) * s.QK[t * LC + j]).conj() * s.dy[p * C + t];
+        return acc;
+      },
+      [&](int i, Cx<acc_t> acc) { s.du[(i / m) * C + i % m] = acc; });
   __syncthreads();
-  state_map(ws.M + wrow * D * D, s.K, s.W, m, D, true);
+  state_map(ws.M + wrow * D * D, s.W, s.K, m, D);
   // db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
-  for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
-    const int p = i / m, j = i % m;
-    const Cx<acc_t>* G = s.G + p * C;
-    Cx<acc_t> acc;
-    for (int t = j; t < m; ++t) acc += (edecay(G, t, j) * s.T[t * LC + j]).conj() * s.du[p * C + t];
-    s.db[p * C + j] = acc;
-  }
+  quad_reduce<Cx<acc_t>>(
+      m * P,
+      [&](int i, int lane) {
+        const int p = i / m, j = i % m;
+        const Cx<acc_t>* G = s.G + p * C;
+        Cx<acc_t> acc;
+        for (int t = j + lane; t < m; t += 4)
+          acc += (edecay(G, t, j) * s.T[t * LC + j]).conj() * s.du[p * C + t];
+        return acc;
+      },
+      [&](int i, Cx<acc_t> acc) { s.db[(i / m) * C + i % m] = acc; });
   __syncthreads();
   // ds_loc = Qᵀ(conj(Γ) ⊙ dy) − Kᵀ(β ⊙ conj(Γ) ⊙ db_loc)
-  for (int i = threadIdx.x; i < P * D; i += blockDim.x) {
-    const int p = i / D, d = i % D;
-    Cx<acc_t> acc;
-    for (int t = 0; t < m; ++t) {
-      const Cx<acc_t> g = s.gam[p * C + t].conj();
-      acc += g * (s.dy[p * C + t] * s.Q[t * LD + d] - s.db[p * C + t] * (s.beta[t] * s.K[t * LD + d]));
-    }
-    ws.c[wrow * P * D + i] = acc;
-  }
+  quad_reduce<Cx<acc_t>>(
+      P * D,
+      [&](int i, int lane) {
+        const int p = i / D, d = i % D;
+        Cx<acc_t> acc;
+        for (int t = lane; t < m; t += 4) {
+          const Cx<acc_t> g = s.gam[p * C + t].conj();
+          acc += g * (s.dy[p * C + t] * s.Q[t * LD + d] - s.db[p * C + t] * (s.beta[t] * s.K[t * LD + d]));
+        }
+        return acc;
+      },
+      [&](int i, Cx<acc_t> acc) { ws.c[wrow * P * D + i] = acc; });
   for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end[wrow * P + p] = s.gam[p * C + m - 1];
 }
 
@@ -686,7 +825,7 @@ struct ChunkBwdScratch {
   acc_t* red;                                         // (kThreads / 32) partial sums
   int64_t bytes;
   __host__ __device__ ChunkBwdScratch(void* base, int C, int D, int P) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{static_cast<unsigned char*>(base)};
     K = c.take<acc_t>(int64_t(C) * (D + 1));
     Q = c.take<acc_t>(int64_t(C) * (D + 1));
     dQ = c.take<acc_t>(int64_t(C) * (D + 1));
@@ -713,7 +852,7 @@ struct ChunkBwdScratch {
     db = c.take<Cx<acc_t>>(C);
     dG = c.take<Cx<acc_t>>(C);
     red = c.take<acc_t>(2 * kThreads / 32);
-    bytes = static_cast<int64_t>(c.at - reinterpret_cast<uintptr_t>(base));
+    bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
 
@@ -724,7 +863,7 @@ struct Grads {
   acc_t *dlog_decay, *dphase;
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in,
                                                              Sequences seq,
                                                              const Cx<acc_t>* ds_end,
@@ -738,7 +877,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
   const int m = c.m, LC = C + 1, LD = D + 1;
   const int64_t wrow = c.row * in.H + h;
   ChunkBwdScratch<acc_t> s(
-      block_scratch(global_scratch, ChunkBwdScratch<acc_t>(nullptr, C, D, P).bytes), C, D, P);
+      block_scratch<kSmem>(global_scratch, ChunkBwdScratch<acc_t>(nullptr, C, D, P).bytes), C, D, P);
   load_backward_chunk(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.QK, s.T, s.beta, s.G, s.gam, s.dy);
   for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
     s.dT[(i / m) * LC + i % m] = 0;
@@ -759,37 +898,56 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
       if (j <= t) s.EH[t * LC + j] = edecay(G, t, j);
     }
     __syncthreads();
-    // ks_t = k_t·s0, qs_t = q_t·s0, dc_t = k_t·ds;  b_t = β_t v^c_t − β_t Γ_t ks_t.
-    for (int t = threadIdx.x; t < m; t += blockDim.x) {
+    // ks_t = k_t·s0, qs_t = q_t·s0, dc_t = k_t·ds;  b_t = β_t v^c_t − β_t Γ_t ks_t (four lanes
+    // per t, each a contiguous quarter of d).
+    const int dq4 = (D + 3) / 4;
+    for (int x0 = 0; x0 < 4 * m; x0 += blockDim.x) {
+      const int x = x0 + threadIdx.x, t = x / 4, lane = x % 4;
       cx ks, qs, dc;
-      for (int d = 0; d < D; ++d) {
-        ks += s.s0[d] * s.K[t * LD + d];
-        qs += s.s0[d] * s.Q[t * LD + d];
-        dc += s.ds[d] * s.K[t * LD + d];
+      if (t < m)
+        for (int d = lane * dq4; d < min(D, (lane + 1) * dq4); ++d) {
+          ks += s.s0[d] * s.K[t * LD + d];
+          qs += s.s0[d] * s.Q[t * LD + d];
+          dc += s.ds[d] * s.K[t * LD + d];
+        }
+      ks = quad_sum(ks);
+      qs = quad_sum(qs);
+      dc = quad_sum(dc);
+      if (t < m && lane == 0) {
+        const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
+        const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
+        s.ks[t] = ks;
+        s.qs[t] = qs;
+        s.dc[t] = dc;
+        s.b[t] = (vc - gam[t] * ks) * s.beta[t];
       }
-      const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
-      const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
-      s.ks[t] = ks;
-      s.qs[t] = qs;
-      s.dc[t] = dc;
-      s.b[t] = (vc - gam[t] * ks) * s.beta[t];
     }
     __syncthreads();
     // u = (T_real ⊙ E) b;  du_j = dc_j conj(E_{m−1,j}) + Σ_{t≥j} conj(E_tj QK_tj) dy_t.
-    for (int t = threadIdx.x; t < m; t += blockDim.x) {
-      cx u, du = s.dc[t] * s.EH[(m - 1) * LC + t].conj();
-      for (int j = 0; j <= t; ++j) u += s.EH[t * LC + j] * s.b[j] * s.T[t * LC + j];
-      for (int l = t; l < m; ++l) du += (s.EH[l * LC + t] * s.QK[l * LC + t]).conj() * dy[l];
-      s.u[t] = u;
-      s.du[t] = du;
+    for (int x0 = 0; x0 < 4 * m; x0 += blockDim.x) {
+      const int x = x0 + threadIdx.x, t = x / 4, lane = x % 4;
+      cx u, du;
+      if (t < m) {
+        for (int j = lane; j <= t; j += 4) u += s.EH[t * LC + j] * s.b[j] * s.T[t * LC + j];
+        for (int l = t + lane; l < m; l += 4) du += (s.EH[l * LC + t] * s.QK[l * LC + t]).conj() * dy[l];
+      }
+      u = quad_sum(u);
+      du = quad_sum(du);
+      if (t < m && lane == 0) {
+        s.u[t] = u;
+        s.du[t] = du + s.dc[t] * s.EH[(m - 1) * LC + t].conj();
+      }
     }
     __syncthreads();
     // db_j = Σ_{t≥j} conj(E_tj T_tj) du_t.
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
-      cx db;
-      for (int t = j; t < m; ++t) db += (s.EH[t * LC + j] * s.T[t * LC + j]).conj() * s.du[t];
-      s.db[j] = db;
-    }
+    quad_reduce<cx>(
+        m,
+        [&](int j, int lane) {
+          cx db;
+          for (int t = j + lane; t < m; t += 4) db += (s.EH[t * LC + j] * s.T[t * LC + j]).conj() * s.du[t];
+          return db;
+        },
+        [&](int j, cx db) { s.db[j] = db; });
     __syncthreads();
     // dK_t += Re(conj(E_{m−1,t} u_t) ds) + Re(conj(s0) dks_t), dks_t = −β_t conj(Γ_t) db_t;
     // dQ_t += Re(conj(s0) a_t), a_t = dy_t conj(Γ_t).  (reads EH row m−1 before it is reused)
@@ -831,68 +989,81 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
     // dΓ_t = dy_t conj(qs_t) − β_t conj(ks_t) db_t (+ Σ_d ds_d conj(s0_d) at t = m−1);
     // dG_t = conj(Γ_t) dΓ_t + Σ_{j<t} EH_tj − Σ_{l>t} EH_lt;  dv_t = β_t db_t;
     // dβ_t += Re(conj(v^c_t − Γ_t ks_t) db_t).
-    for (int t = threadIdx.x; t < m; t += blockDim.x) {
-      cx dgam = dy[t] * s.qs[t].conj() - s.ks[t].conj() * s.db[t] * s.beta[t];
-      if (t == m - 1)
-        for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w)
-          dgam += cx(s.red[2 * w], s.red[2 * w + 1]);
-      cx dG = gam[t].conj() * dgam;
-      for (int j = 0; j < t; ++j) dG += s.EH[t * LC + j];
-      for (int l = t + 1; l < m; ++l) dG -= s.EH[l * LC + t];
-      s.dG[t] = dG;
-      const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
-      const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
-      const cx dvc = s.db[t] * s.beta[t];
-      gr.dv[2 * pi] = from_acc<scalar_t>(dvc.re);
-      gr.dv[2 * pi + 1] = from_acc<scalar_t>(dvc.im);
-      s.dB[t] += re_conj_mul(vc - gam[t] * s.ks[t], s.db[t]);
-    }
+    quad_reduce<cx>(
+        m,
+        [&](int t, int lane) {
+          cx dG;
+          for (int j = lane; j < t; j += 4) dG += s.EH[t * LC + j];
+          for (int l = t + 1 + lane; l < m; l += 4) dG -= s.EH[l * LC + t];
+          return dG;
+        },
+        [&](int t, cx dG) {
+          cx dgam = dy[t] * s.qs[t].conj() - s.ks[t].conj() * s.db[t] * s.beta[t];
+          if (t == m - 1)
+            for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w)
+              dgam += cx(s.red[2 * w], s.red[2 * w + 1]);
+          s.dG[t] = dG + gam[t].conj() * dgam;
+          const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
+          const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
+          const cx dvc = s.db[t] * s.beta[t];
+          gr.dv[2 * pi] = from_acc<scalar_t>(dvc.re);
+          gr.dv[2 * pi + 1] = from_acc<scalar_t>(dvc.im);
+          s.dB[t] += re_conj_mul(vc - gam[t] * s.ks[t], s.db[t]);
+        });
     __syncthreads();
     // d log_decay + i·d phase = reverse cumsum of dG.
-    for (int t = threadIdx.x; t < m; t += blockDim.x) {
-      cx acc;
-      for (int l = t; l < m; ++l) acc += s.dG[l];
-      const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
-      gr.dlog_decay[pi] = acc.re;
-      gr.dphase[pi] = acc.im;
-    }
+    quad_reduce<cx>(
+        m,
+        [&](int t, int lane) {
+          cx acc;
+          for (int l = t + lane; l < m; l += 4) acc += s.dG[l];
+          return acc;
+        },
+        [&](int t, cx acc) {
+          const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
+          gr.dlog_decay[pi] = acc.re;
+          gr.dphase[pi] = acc.im;
+        });
     __syncthreads();
   }
-  // T_real = (I + A)⁻¹, A_tj = β_t KK_tj (t > j): dA = −T_realᵀ dT T_realᵀ.
-  acc_t* X = reinterpret_cast<acc_t*>(s.EH);  // X = dT T_realᵀ, X_lj = Σ_{i≤min(l,j)} dT_li T_ji
-  for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-    const int l = i / m, j = i % m;
-    acc_t x = 0;
-    for (int k = 0; k <= min(l, j); ++k) x += s.dT[l * LC + k] * s.T[j * LC + k];
-    X[l * LC + j] = x;
-  }
+  // T_real = (I + A)⁻¹, A_tj = β_t KK_tj (t > j): dA = −T_realᵀ dT T_realᵀ, with dT and T_real
+  // zero above the diagonal. X = dT T_realᵀ, then dT ← dA (strictly lower).
+  acc_t* X = reinterpret_cast<acc_t*>(s.EH);
+  tile_gemm<acc_t>(
+      m, m, m, [&](int l, int k) { return s.dT[l * LC + k]; },
+      [&](int k, int j) { return s.T[j * LC + k]; }, [&](int l, int j, acc_t v) { X[l * LC + j] = v; });
   __syncthreads();
-  for (int i = threadIdx.x; i < m * m; i += blockDim.x) {  // dT ← dA_tj = −Σ_{l≥t} T_lt X_lj
-    const int t = i / m, j = i % m;
-    acc_t a = 0;
-    if (j < t)
-      for (int l = t; l < m; ++l) a -= s.T[l * LC + t] * X[l * LC + j];
-    s.dT[t * LC + j] = a;
-  }
+  tile_gemm<acc_t>(
+      m, m, m, [&](int t, int l) { return s.T[l * LC + t]; },
+      [&](int l, int j) { return X[l * LC + j]; },
+      [&](int t, int j, acc_t v) { s.dT[t * LC + j] = j < t ? -v : acc_t(0); });
   __syncthreads();
-  // dβ_t += Σ_j dA_tj KK_tj;  dkk_tj = β_t dA_tj (j < t), dqk = dQK:
-  // dK_t += Σ_{j<t} dkk_tj k_j + Σ_{l>t} dkk_lt k_l + Σ_{l≥t} dqk_lt q_l,  dQ_t += Σ_{j≤t} dqk_tj k_j.
-  for (int t = threadIdx.x; t < m; t += blockDim.x) {
-    acc_t acc = s.dB[t];
-    for (int j = 0; j < t; ++j) acc += s.dT[t * LC + j] * s.KK[t * LC + j];
-    gr.dbeta[(c.tok0 + t) * in.H + h] = from_acc<scalar_t>(acc);
-  }
-  for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
-    const int t = i / D, d = i % D;
-    acc_t dk = s.dK[t * LD + d], dq = s.dQ[t * LD + d];
-    for (int j = 0; j < t; ++j) dk += s.beta[t] * s.dT[t * LC + j] * s.K[j * LD + d];
-    for (int l = t + 1; l < m; ++l) dk += s.beta[l] * s.dT[l * LC + t] * s.K[l * LD + d];
-    for (int l = t; l < m; ++l) dk += s.dQK[l * LC + t] * s.Q[l * LD + d];
-    for (int j = 0; j <= t; ++j) dq += s.dQK[t * LC + j] * s.K[j * LD + d];
-    const int64_t o = in.qk(c.tok0 + t, h) + d;
-    gr.dq[o] = from_acc<scalar_t>(dq);
-    gr.dk[o] = from_acc<scalar_t>(dk);
-  }
+  // dβ_t += Σ_j dA_tj KK_tj;  dkk_tj = β_t dA_tj (j < t), dqk = dQK (zero above the diagonal):
+  // dK = (dkk + dkkᵀ) K + dqkᵀ Q,  dQ = dqk K.
+  quad_reduce<acc_t>(
+      m,
+      [&](int t, int lane) {
+        acc_t acc = 0;
+        for (int j = lane; j < t; j += 4) acc += s.dT[t * LC + j] * s.KK[t * LC + j];
+        return acc;
+      },
+      [&](int t, acc_t acc) { gr.dbeta[(c.tok0 + t) * in.H + h] = from_acc<scalar_t>(acc + s.dB[t]); });
+  tile_gemm<acc_t>(
+      m, D, 2 * m,
+      [&](int t, int k) {
+        if (k >= m) return s.dQK[(k - m) * LC + t];
+        return k < t ? s.beta[t] * s.dT[t * LC + k] : k > t ? s.beta[k] * s.dT[k * LC + t] : acc_t(0);
+      },
+      [&](int k, int d) { return k < m ? s.K[k * LD + d] : s.Q[(k - m) * LD + d]; },
+      [&](int t, int d, acc_t v) {
+        gr.dk[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(s.dK[t * LD + d] + v);
+      });
+  tile_gemm<acc_t>(
+      m, D, m, [&](int t, int j) { return s.dQK[t * LC + j]; },
+      [&](int j, int d) { return s.K[j * LD + d]; },
+      [&](int t, int d, acc_t v) {
+        gr.dq[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(s.dQ[t * LD + d] + v);
+      });
 }
 
 }  // namespace cuda

@@ -51,17 +51,20 @@ SequenceTable make_sequence_table(int64_t B, int64_t T, const std::optional<at::
   return st;
 }
 
-// Launches kernel<<<grid, kThreads>>>(args..., scratch) with `bytes` of scratch per block: in
-// shared memory when the device allows it, else in a global buffer.
+// Launches <<<grid, kThreads>>>(args..., scratch) with `bytes` of scratch per block: in shared
+// memory (the kernel's kSmem = true instance, smem_kernel) when the device allows it, else in a
+// global buffer (global_kernel).
 template <typename... KArgs, typename... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, int64_t bytes, const at::Tensor& like,
-            cudaStream_t stream, Args... args) {
+void launch(void (*smem_kernel)(KArgs...), void (*global_kernel)(KArgs...), dim3 grid,
+            int64_t bytes, const at::Tensor& like, cudaStream_t stream, Args... args) {
   if (grid.x == 0 || grid.y == 0) return;
   const int64_t smem_limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   at::Tensor global_scratch;
   void* scratch = nullptr;
   int64_t smem = bytes;
+  auto kernel = smem_kernel;
   if (bytes > smem_limit) {
+    kernel = global_kernel;
     global_scratch = at::empty({static_cast<int64_t>(grid.x) * grid.y * bytes},
                                like.options().dtype(at::kByte));
     scratch = global_scratch.data_ptr();
@@ -160,14 +163,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
-    launch(cuda::chunk_prepare_kernel<dev_t, acc_t>, chunks,
+    launch(cuda::chunk_prepare_kernel<dev_t, acc_t, true>, cuda::chunk_prepare_kernel<dev_t, acc_t, false>, chunks,
            cuda::PrepareScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws);
-    launch(cuda::state_chain_kernel<acc_t, true>, heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+    launch(cuda::state_chain_kernel<acc_t, true, true>, cuda::state_chain_kernel<acc_t, true, false>,
+           heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr,
            boundary.data_ptr<acc_t>(), static_cast<cx*>(nullptr), final_state.data_ptr<acc_t>(),
            energy.data_ptr<acc_t>());
-    launch(cuda::chunk_output_kernel<dev_t, acc_t>, chunks,
+    launch(cuda::chunk_output_kernel<dev_t, acc_t, true>, cuda::chunk_output_kernel<dev_t, acc_t, false>, chunks,
            cuda::OutputScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
            static_cast<const acc_t*>(boundary.data_ptr<acc_t>()), reinterpret_cast<dev_t*>(o.data_ptr()));
   });
@@ -223,9 +227,10 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     const dev_t* go = reinterpret_cast<const dev_t*>(grad_o.data_ptr());
-    launch(cuda::bwd_local_kernel<dev_t, acc_t>, chunks,
+    launch(cuda::bwd_local_kernel<dev_t, acc_t, true>, cuda::bwd_local_kernel<dev_t, acc_t, false>, chunks,
            cuda::LocalScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, go, ws);
-    launch(cuda::state_chain_kernel<acc_t, false>, heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+    launch(cuda::state_chain_kernel<acc_t, false, true>, cuda::state_chain_kernel<acc_t, false, false>,
+           heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
            static_cast<acc_t*>(nullptr), ds_end_p, dinit.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr));
@@ -235,7 +240,7 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
                                        reinterpret_cast<dev_t*>(dv.data_ptr()),
                                        reinterpret_cast<dev_t*>(dbeta.data_ptr()),
                                        dld.data_ptr<acc_t>(), dph.data_ptr<acc_t>()};
-    launch(cuda::chunk_bwd_kernel<dev_t, acc_t>, chunks,
+    launch(cuda::chunk_bwd_kernel<dev_t, acc_t, true>, cuda::chunk_bwd_kernel<dev_t, acc_t, false>, chunks,
            cuda::ChunkBwdScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
            static_cast<const cx*>(ds_end_p),
            static_cast<const acc_t*>(boundary_states.data_ptr<acc_t>()), gr);
