@@ -1,0 +1,177 @@
+"""GPU benchmark: CD-SSM block vs Transformer block, and the 12-layer LM training step.
+
+bf16 autocast (fp32 master weights), forward + backward, --tokens tokens per step (B = tokens / L),
+d_model 768, for each L in --lengths, all rows in one run:
+  block  compiled (fullgraph) CDSSMBlock vs TransformerBlock (RMSNorm + SDPA flash attention +
+         SwiGLU): ms, tokens/s, peak memory above the inputs and weights;
+  lm     compiled CDSSMForCausalLM and TransformerForCausalLM (12 layers, V 50257) forward +
+         backward + fused AdamW step: tokens/s, model FLOP utilisation against the bf16 matmul
+         peak measured in the same run (model FLOPs 6·N·tokens, plus 12·n·L·d per token of
+         causal attention for the Transformer).
+Prints a table with CD-SSM/Transformer ratios and writes JSON.
+
+Example: python tools/bench_gpu.py --json runs/bench_gpu.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+import torch
+
+from cdssm.config import CDSSMConfig
+from cdssm.models.attention import plan_attention
+from cdssm.models.cdssm import CDSSMBlock, CDSSMForCausalLM
+from cdssm.models.transformer import TransformerBlock, TransformerConfig, TransformerForCausalLM
+
+D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
+
+
+def time_ms(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def matmul_peak_tflops():
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = time_ms(lambda: a @ b, 3, 10)
+    return 2 * 8192 ** 3 / ms / 1e9
+
+
+def peak_mib(fn):
+    """Peak allocated memory of fn() above what was allocated before, MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+
+
+def block_step(arch, L, B):
+    """A compiled fwd+bwd step of one block on x (B, L, d) bf16."""
+    torch.manual_seed(0)
+    if arch == "cdssm":
+        block = CDSSMBlock(CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB), 0).cuda()
+        fwd = torch.compile(lambda x: block(x).hidden, fullgraph=True)
+    else:
+        block = TransformerBlock(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)).cuda()
+        plan = plan_attention(L, torch.device("cuda"), 64, 10000.0, torch.bfloat16)
+        fwd = torch.compile(lambda x: block(x, plan)[0], fullgraph=True)
+    x = torch.randn(B, L, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn_like(x)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = fwd(x)
+        y.backward(grad)
+
+    return step
+
+
+def lm_step(arch, L, B):
+    torch.manual_seed(0)
+    if arch == "cdssm":
+        model = CDSSMForCausalLM(CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB)).cuda()
+    else:
+        model = TransformerForCausalLM(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)).cuda()
+    n_params = sum(p.numel() for p in model.parameters())
+    compiled = torch.compile(model, fullgraph=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(0, VOCAB, (B, L), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = compiled(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    flops_per_token = 6 * n_params + (12 * N_LAYERS * L * D_MODEL // 2 if arch == "transformer" else 0)
+    return step, flops_per_token
+
+
+def guarded(fn):
+    try:
+        return fn()
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
+    p.add_argument("--tokens", type=int, default=32768, help="tokens per step (B = tokens / L)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--no-lm", action="store_true", help="skip the 12-layer LM rows")
+    p.add_argument("--json", default="runs/bench_gpu.json")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU")
+    for L in a.lengths:
+        if L < 1 or a.tokens % L:
+            p.error(f"--lengths: each length must divide --tokens {a.tokens}, got {L}")
+
+    peak = matmul_peak_tflops()
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "matmul_peak_tflops": peak, "tokens_per_step": a.tokens, "block": [], "lm": []}
+    for L in a.lengths:
+        B = a.tokens // L
+        for arch in ("cdssm", "transformer"):
+            def measure():
+                step = block_step(arch, L, B)
+                ms = time_ms(step, a.warmup, a.repeats)
+                return {"arch": arch, "L": L, "B": B, "ms": ms, "ktok_per_s": a.tokens / ms,
+                        "peak_mib": peak_mib(step)}
+            row = guarded(measure) or {"arch": arch, "L": L, "B": B, "oom": True}
+            result["block"].append(row)
+            print(json.dumps(row), flush=True)
+        if not a.no_lm:
+            for arch in ("cdssm", "transformer"):
+                def measure_lm():
+                    step, fpt = lm_step(arch, L, B)
+                    ms = time_ms(step, a.warmup, max(3, a.repeats // 2))
+                    return {"arch": arch, "L": L, "B": B, "ms": ms, "ktok_per_s": a.tokens / ms,
+                            "mfu": fpt * a.tokens / (ms * 1e-3) / (peak * 1e12),
+                            "peak_mib": peak_mib(step)}
+                row = guarded(measure_lm) or {"arch": arch, "L": L, "B": B, "oom": True}
+                result["lm"].append(row)
+                print(json.dumps(row), flush=True)
+        torch._dynamo.reset()
+
+    def table(rows, title, extra):
+        print(f"\n{title} ({result['device']}, bf16, {a.tokens} tokens/step; measured bf16 matmul peak {peak:.0f} TFLOP/s)")
+        print(f"{'L':>6} {'CD-SSM ktok/s':>14} {'Transf. ktok/s':>15} {'ratio':>6} {'CD-SSM MiB':>11} {'Transf. MiB':>12}{extra}")
+        for L in a.lengths:
+            c = next(r for r in rows if r["L"] == L and r["arch"] == "cdssm")
+            t = next(r for r in rows if r["L"] == L and r["arch"] == "transformer")
+            fmt = lambda r, k, f: "OOM" if r.get("oom") else format(r[k], f)
+            ratio = "-" if c.get("oom") or t.get("oom") else f"{c['ktok_per_s'] / t['ktok_per_s']:.2f}"
+            mfu = "" if not extra else f" {fmt(c, 'mfu', '.3f'):>9} {fmt(t, 'mfu', '.3f'):>9}"
+            print(f"{L:>6} {fmt(c, 'ktok_per_s', '.0f'):>14} {fmt(t, 'ktok_per_s', '.0f'):>15} {ratio:>6} "
+                  f"{fmt(c, 'peak_mib', '.0f'):>11} {fmt(t, 'peak_mib', '.0f'):>12}{mfu}")
+
+    table(result["block"], "block fwd+bwd, compiled", "")
+    if result["lm"]:
+        table(result["lm"], f"{N_LAYERS}-layer LM training step", "  MFU(CD)   MFU(Tf)")
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
