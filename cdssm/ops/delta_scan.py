@@ -52,6 +52,11 @@ def chunk_delta_scan(
     Returns:
         ``(o, final_state)`` — o (B, T, H, P, 2) in q's dtype, final_state (N, H, 2P, D) fp32
         (fp64 for fp64 inputs) or None — plus ``state_energy`` when ``output_state_energy``.
+
+    Shapes, dtypes and devices are checked here (ValueError naming the argument); cu_seqlens
+    contents inside the kernel (RuntimeError on CPU; on CUDA, where raising would need a host
+    sync, every output becomes NaN). Values are not checked: a NaN or inf in the dynamics
+    propagates to the outputs of its sequence and head from that token on, and nowhere else.
     """
     check_chunk_size(chunk_size)
     x = prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqlens)
