@@ -1,0 +1,1 @@
+"""Training: tokenizer, token shards (``cdssm data prepare``) and the batch loader."""
