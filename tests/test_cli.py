@@ -65,7 +65,7 @@ def test_demo_with_the_tokenizer(monkeypatch, capsys):
 
 def test_console_script_demo(tmp_path):
     """The installed `cdssm` script, with the default sizes (GPT-2 vocabulary); tiktoken's cache
-    points to an empty folder, so the tokenizer loads only if the network answers."""
+    points to an empty folder: the GPT-2 tokenizer must load offline."""
     script = os.path.join(os.path.dirname(sys.executable), "cdssm")
     if not os.path.exists(script):
         pytest.skip("the cdssm console script is not installed next to this python")
@@ -74,7 +74,7 @@ def test_console_script_demo(tmp_path):
                             text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert "vocab_size=50257" in result.stdout and "generate: 4 tokens" in result.stdout
-    assert "tokenizer: GPT-2" in result.stdout
+    assert "tokenizer: GPT-2 (tiktoken)" in result.stdout
 
 
 @pytest.mark.parametrize("argv,message", [
