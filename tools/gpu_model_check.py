@@ -44,7 +44,9 @@ def check(name, model, ids):
 
     graphed = torch.compile(model, fullgraph=True, mode="reduce-overhead", dynamic=False)
     for _ in range(3):  # warm-up, record, replay
+        torch.compiler.cudagraph_mark_step_begin()
         g_loss, _ = loss_and_grads(model, graphed, ids)
+        g_loss = g_loss.clone()
     rows.append((name, "cudagraph", rel(g_loss, loss), 1e-4))
 
     with torch.autocast("cuda", dtype=torch.bfloat16):
