@@ -12,7 +12,8 @@
 // of kTile consecutive tokens of one row; a warp spans 32 channel groups at the same tokens, so
 // every access of x, y, dy, dx is coalesced. The last kK inputs sit in a register window
 // (kK ≥ W; taps i < kK − W carry weight 0), so each input is read and converted once per tile;
-// the window restarts from the initial state at every sequence start inside the tile.
+// the window restarts from the initial state at every sequence start inside the tile. Rows are
+// loaded kAhead at a time before the first is used, so that several accesses are in flight.
 // The backward scatters dz_t into a register ring of the kK positions still receiving; a
 // position leaves the ring complete. dw, dbias: per-block partial sums (fixed order) into a
 // workspace, then conv_param_reduce_kernel sums the blocks in order — deterministic, no atomics.
@@ -28,6 +29,7 @@ using dev::Pack;
 using dev::to_acc;
 
 constexpr int kTile = 32;     // tokens per thread
+constexpr int kAhead = 4;     // rows of x (and dy) loaded before the first of them is used
 constexpr int kFwdRows = 8;   // thread rows (tiles) per forward block of 32 × kFwdRows
 constexpr int kBwdRows = 4;   // per backward block
 
@@ -100,9 +102,10 @@ struct Window {
     }
   }
 
-  // Slides to token t: refills from ext when `refill` (tile or sequence start), else shifts.
+  // Slides to token t, whose input row is x_t: refills the older taps from ext when `refill`
+  // (tile or sequence start), else shifts.
   __device__ void step(const ConvArgs<scalar_t>& a, const Cursor& c, int64_t row, int64_t t,
-                       int64_t e0, bool refill) {
+                       int64_t e0, bool refill, const Pack<scalar_t, kVec>& x_t) {
     if (refill) {
 #pragma unroll
       for (int i = 0; i < kK - 1; ++i) load_ext<scalar_t, acc_t, kVec>(xw[i], a, c, row, t - (kK - 1) + i, e0);
@@ -112,7 +115,8 @@ struct Window {
 #pragma unroll
         for (int v = 0; v < kVec; ++v) xw[i][v] = xw[i + 1][v];
     }
-    load_ext<scalar_t, acc_t, kVec>(xw[kK - 1], a, c, row, t, e0);
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) xw[kK - 1][v] = to_acc(x_t.v[v]);
   }
 
   __device__ acc_t z(int v) const {
@@ -134,16 +138,25 @@ __global__ void __launch_bounds__(32 * kFwdRows, 2) conv_fwd_kernel(ConvArgs<sca
   Window<scalar_t, acc_t, kVec, kK> win;
   win.load_weights(a, e0);
   Cursor c = cursor_at(a.cu, a.N, a.T, row, p0);
-  for (int64_t t = p0; t < p1; ++t) {
-    const bool start = advance(c, a.cu, a.N, a.T, t);
-    win.step(a, c, row, t, e0, start || t == p0);
-    Pack<scalar_t, kVec> out;
+  for (int64_t t0 = p0; t0 < p1; t0 += kAhead) {
+    Pack<scalar_t, kVec> xs[kAhead];
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) {
-      const acc_t z = win.z(v);
-      out.v[v] = dev::from_acc<scalar_t>(z * sigmoid(z));
+    for (int u = 0; u < kAhead; ++u)
+      if (t0 + u < p1) xs[u] = dev::load_pack<scalar_t, kVec>(a.x + (row * a.T + t0 + u) * a.E + e0);
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t t = t0 + u;
+      if (t >= p1) break;
+      const bool start = advance(c, a.cu, a.N, a.T, t);
+      win.step(a, c, row, t, e0, start || t == p0, xs[u]);
+      Pack<scalar_t, kVec> out;
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        const acc_t z = win.z(v);
+        out.v[v] = dev::from_acc<scalar_t>(z * sigmoid(z));
+      }
+      dev::store_pack(y + (row * a.T + t) * a.E + e0, out);
     }
-    dev::store_pack(y + (row * a.T + t) * a.E + e0, out);
   }
 }
 
@@ -174,7 +187,7 @@ __device__ inline acc_t silu_grad(acc_t z, acc_t dy) {
 // blockIdx.z · gridDim.y + blockIdx.y, row W the bias; grid (ceil(G / 32), ceil(n_tiles / kBwdRows), B),
 // block (32, kBwdRows).
 template <typename scalar_t, typename acc_t, int kVec, int kK>
-__global__ void __launch_bounds__(32 * kBwdRows, 4)
+__global__ void __launch_bounds__(32 * kBwdRows, 3)
     conv_bwd_kernel(ConvArgs<scalar_t> a, const scalar_t* grad_y, const scalar_t* grad_final,
                     scalar_t* grad_x, acc_t* partial) {
   __shared__ acc_t red[kBwdRows][kK + 1][32 * kVec];
@@ -200,40 +213,51 @@ __global__ void __launch_bounds__(32 * kBwdRows, 4)
 #pragma unroll
       for (int v = 0; v < kVec; ++v) ring[i][v] = 0;
     Cursor c = cursor_at(a.cu, a.N, a.T, row, p0);
-    for (int64_t t = p0; t < p1 + kK - 1; ++t) {
+    for (int64_t t0 = p0; t0 < p1 + kK - 1; t0 += kAhead) {
+      Pack<scalar_t, kVec> xs[kAhead], dys[kAhead];
 #pragma unroll
-      for (int i = 0; i < kK - 1; ++i)
+      for (int u = 0; u < kAhead; ++u)
+        if (t0 + u < active_end) {
+          xs[u] = dev::load_pack<scalar_t, kVec>(a.x + (row * a.T + t0 + u) * a.E + e0);
+          dys[u] = dev::load_pack<scalar_t, kVec>(grad_y + (row * a.T + t0 + u) * a.E + e0);
+        }
 #pragma unroll
-        for (int v = 0; v < kVec; ++v) ring[i][v] = ring[i + 1][v];
+      for (int u = 0; u < kAhead; ++u) {
+        const int64_t t = t0 + u;
+        if (t >= p1 + kK - 1) break;
 #pragma unroll
-      for (int v = 0; v < kVec; ++v) ring[kK - 1][v] = 0;
-      if (t < active_end) {
-        const bool start = advance(c, a.cu, a.N, a.T, t);
-        win.step(a, c, row, t, e0, start || t == p0);
-        const Pack<scalar_t, kVec> dy = dev::load_pack<scalar_t, kVec>(grad_y + (row * a.T + t) * a.E + e0);
-        const int64_t fj = t - (c.end - (a.W - 1));  // final-state column of token t
-        const int64_t since_start = t - c.start;
+        for (int i = 0; i < kK - 1; ++i)
 #pragma unroll
-        for (int v = 0; v < kVec; ++v) {
-          const acc_t dz = silu_grad(win.z(v), to_acc(dy.v[v]));
-          if (grad_final != nullptr && fj >= 0 && t < c.end)
-            ring[kK - 1][v] += to_acc(grad_final[(c.n * a.E + e0 + v) * (a.W - 1) + fj]);
+          for (int v = 0; v < kVec; ++v) ring[i][v] = ring[i + 1][v];
 #pragma unroll
-          for (int j = 0; j < kK; ++j)  // token t − j, same sequence only
-            if (j <= since_start) ring[kK - 1 - j][v] += dz * win.w[kK - 1 - j][v];
-          if (t < p1) {
-            gb[v] += dz;
+        for (int v = 0; v < kVec; ++v) ring[kK - 1][v] = 0;
+        if (t < active_end) {
+          const bool start = advance(c, a.cu, a.N, a.T, t);
+          win.step(a, c, row, t, e0, start || t == p0, xs[u]);
+          const int64_t fj = t - (c.end - (a.W - 1));  // final-state column of token t
+          const int64_t since_start = t - c.start;
 #pragma unroll
-            for (int i = 0; i < kK; ++i) gw[i][v] += dz * win.xw[i][v];
+          for (int v = 0; v < kVec; ++v) {
+            const acc_t dz = silu_grad(win.z(v), to_acc(dys[u].v[v]));
+            if (grad_final != nullptr && fj >= 0 && t < c.end)
+              ring[kK - 1][v] += to_acc(grad_final[(c.n * a.E + e0 + v) * (a.W - 1) + fj]);
+#pragma unroll
+            for (int j = 0; j < kK; ++j)  // token t − j, same sequence only
+              if (j <= since_start) ring[kK - 1 - j][v] += dz * win.w[kK - 1 - j][v];
+            if (t < p1) {
+              gb[v] += dz;
+#pragma unroll
+              for (int i = 0; i < kK; ++i) gw[i][v] += dz * win.xw[i][v];
+            }
           }
         }
-      }
-      const int64_t done = t - (kK - 1);  // complete: receives from tokens ≤ done + W − 1 ≤ t
-      if (done >= p0) {
-        Pack<scalar_t, kVec> out;
+        const int64_t done = t - (kK - 1);  // complete: receives from tokens ≤ done + W − 1 ≤ t
+        if (done >= p0) {
+          Pack<scalar_t, kVec> out;
 #pragma unroll
-        for (int v = 0; v < kVec; ++v) out.v[v] = dev::from_acc<scalar_t>(ring[0][v]);
-        dev::store_pack(grad_x + (row * a.T + done) * a.E + e0, out);
+          for (int v = 0; v < kVec; ++v) out.v[v] = dev::from_acc<scalar_t>(ring[0][v]);
+          dev::store_pack(grad_x + (row * a.T + done) * a.E + e0, out);
+        }
       }
     }
   }
