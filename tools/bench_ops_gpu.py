@@ -8,6 +8,7 @@
   decode   recurrent_delta_scan_fwd with T = 1 and a state, H = 24, D = 64, bf16, for B in
            --batches and P in --pairs: the median of one eager call (launch included) and of one
            step replayed from a CUDA graph (--steps steps captured, time / steps).
+With --profile, also the per-kernel device times of one conv fwd + bwd (torch.profiler).
 Prints a table and writes JSON.
 
 Example: python tools/bench_ops_gpu.py --json runs/bench_ops_gpu.json
@@ -58,6 +59,28 @@ def bench_conv(T, E, warmup, repeats):
                 bwd_ms=bwd_ms, bwd_GBps=gbps(3 * nbytes, bwd_ms))
 
 
+def profile_conv(T, E):
+    """(kernel name, device ms, count) of one causal_conv1d_silu fwd + bwd, slowest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(1, T, E, device="cuda", dtype=torch.bfloat16)
+    w, b = torch.randn(E, 4, device="cuda").to(x.dtype), torch.randn(E, device="cuda").to(x.dtype)
+    s0 = torch.randn(1, E, 3, device="cuda", dtype=x.dtype)
+
+    def step():
+        OPS.causal_conv1d_silu_fwd(x, w, b, None, s0)
+        OPS.causal_conv1d_silu_bwd(x, s0, x, w, b, None, s0)
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+            if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def bench_decode(B, P, H, D, steps, warmup, repeats):
     dtype = torch.bfloat16
     q = torch.nn.functional.normalize(torch.randn(B, 1, H, D, device="cuda"), dim=-1).to(dtype)
@@ -95,6 +118,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--profile", action="store_true", help="per-kernel times of conv fwd + bwd")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -103,6 +127,10 @@ def main():
     print(f"{'':<6} {'ms':>8} {'GB/s':>8}")
     for name in ("copy", "fwd", "bwd"):
         print(f"{name:<6} {conv[name + '_ms']:>8.3f} {conv[name + '_GBps']:>8.0f}")
+    if args.profile:
+        conv["kernels_ms"] = profile_conv(args.conv_tokens, args.channels)
+        for name, ms, count in conv["kernels_ms"]:
+            print(f"    {ms:8.3f}  x{count:<3} {name[:90]}")
     decode = []
     print(f"\nrecurrent_delta_scan decode step  T=1 H={args.heads} D={args.head_dim} bf16, with state")
     print(f"{'B':>3} {'P':>2} {'eager us':>9} {'graph us':>9} {'GB/s':>7}")

@@ -281,15 +281,26 @@ __global__ void __launch_bounds__(32 * kBwdRows, 3)
   }
 }
 
-// grad_weight (E, W), grad_bias (E): the partials summed over parts in order.
+// grad_weight (E, W), grad_bias (E): the partials summed over parts in a fixed order. Block of
+// 32 × kReduceLanes threads for 32 consecutive (row i, channel e) outputs: lane l sums parts
+// l, l + kReduceLanes, .. in order, then the lanes are added in lane order.
+constexpr int kReduceLanes = 8;
+
 template <typename scalar_t, typename acc_t>
-__global__ void conv_param_reduce_kernel(const acc_t* partial, int64_t n_parts, int64_t E, int W,
-                                         scalar_t* grad_weight, scalar_t* grad_bias) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= (W + 1) * E) return;
-  const int64_t i = idx / E, e = idx % E;
+__global__ void __launch_bounds__(32 * kReduceLanes)
+    conv_param_reduce_kernel(const acc_t* partial, int64_t n_parts, int64_t E, int W,
+                             scalar_t* grad_weight, scalar_t* grad_bias) {
+  __shared__ acc_t lanes[kReduceLanes][32];
+  const int64_t idx = blockIdx.x * 32 + threadIdx.x;  // = i · E + e
   acc_t acc = 0;
-  for (int64_t p = 0; p < n_parts; ++p) acc += partial[(p * (W + 1) + i) * E + e];
+  if (idx < (W + 1) * E)
+    for (int64_t p = threadIdx.y; p < n_parts; p += kReduceLanes) acc += partial[p * (W + 1) * E + idx];
+  lanes[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y != 0 || idx >= (W + 1) * E) return;
+  acc = 0;
+  for (int l = 0; l < kReduceLanes; ++l) acc += lanes[l][threadIdx.x];
+  const int64_t i = idx / E, e = idx % E;
   if (i < W) grad_weight[e * W + i] = dev::from_acc<scalar_t>(acc);
   else grad_bias[e] = dev::from_acc<scalar_t>(acc);
 }

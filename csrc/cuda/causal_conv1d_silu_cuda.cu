@@ -112,8 +112,9 @@ struct BwdLaunch {
           a, grad_y, grad_final, device_ptr<scalar_t>(grad_x), partial.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const int reduce_blocks = static_cast<int>(((s.W + 1) * s.E + 255) / 256);  // a thread per output
-    conv::conv_param_reduce_kernel<dev_t, acc_t><<<reduce_blocks, 256, 0, stream>>>(
+    const unsigned reduce_blocks = static_cast<unsigned>(((s.W + 1) * s.E + 31) / 32);
+    conv::conv_param_reduce_kernel<dev_t, acc_t>
+        <<<reduce_blocks, dim3(32, conv::kReduceLanes), 0, stream>>>(
         partial.data_ptr<acc_t>(), n_parts, s.E, static_cast<int>(s.W), device_ptr<scalar_t>(grad_w),
         device_ptr<scalar_t>(grad_b));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
