@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "causal_conv1d_checks.h"
 #include "spans.h"
 
 namespace cdssm {
@@ -27,68 +28,7 @@ namespace {
 
 constexpr int64_t kBlock = 64;
 
-struct ConvShape {
-  int64_t B, T, E, W, N;
-  int64_t state_width() const { return W - 1; }
-  int64_t n_blocks() const { return (E + kBlock - 1) / kBlock; }
-};
-
-void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK(t.device() == x.device(), name, ": expected a tensor on ", x.device(),
-              " (x's device), got ", t.device());
-}
-
-void check_conv_state(const at::Tensor& state, const at::Tensor& x, const ConvShape& s,
-                      const char* name) {
-  check_same_device(state, x, name);
-  TORCH_CHECK(state.sizes() == at::IntArrayRef({s.N, s.E, s.state_width()}), name,
-              ": expected (N, E, W - 1) = ", at::IntArrayRef({s.N, s.E, s.state_width()}),
-              ", got ", state.sizes());
-  TORCH_CHECK(state.scalar_type() == x.scalar_type(), name, ": expected x's dtype ",
-              x.scalar_type(), ", got ", state.scalar_type());
-  TORCH_CHECK(state.is_contiguous(), name, ": expected a contiguous tensor");
-}
-
-// Shape, dtype, device and layout checks shared by both ops (the Python wrapper checks first
-// with friendlier messages; these guard direct calls of torch.ops.cdssm.*). cu_seqlens contents
-// are checked by make_spans.
-ConvShape check_conv_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                            const std::optional<at::Tensor>& cu_seqlens,
-                            const std::optional<at::Tensor>& initial_conv_state) {
-  TORCH_CHECK(x.device().is_cpu(), "x: expected a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 3, "x: expected (B, T, E), got ", x.sizes());
-  const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
-                  dtype == at::kHalf,
-              "x: expected dtype float32, float64, bfloat16 or float16, got ", dtype);
-  TORCH_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
-  ConvShape s{x.size(0), x.size(1), x.size(2), 0, x.size(0)};
-
-  check_same_device(weight, x, "weight");
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == s.E && weight.size(1) >= 1,
-              "weight: expected (E, W) with E = ", s.E, " and W >= 1, got ", weight.sizes());
-  s.W = weight.size(1);
-  check_same_device(bias, x, "bias");
-  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == s.E, "bias: expected (E,) with E = ", s.E,
-              ", got ", bias.sizes());
-  for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
-    TORCH_CHECK(t->scalar_type() == dtype, name, ": expected x's dtype ", dtype, ", got ",
-                t->scalar_type());
-    TORCH_CHECK(t->is_contiguous(), name, ": expected a contiguous tensor");
-  }
-
-  if (cu_seqlens.has_value()) {
-    check_same_device(*cu_seqlens, x, "cu_seqlens");
-    TORCH_CHECK(cu_seqlens->dim() == 1 && cu_seqlens->scalar_type() == at::kInt,
-                "cu_seqlens: expected a 1-D int32 tensor, got ", cu_seqlens->scalar_type(),
-                " of shape ", cu_seqlens->sizes());
-    TORCH_CHECK(s.B == 1, "x: expected batch size 1 with cu_seqlens, got ", s.B);
-    s.N = cu_seqlens->numel() - 1;
-  }
-  if (initial_conv_state.has_value())
-    check_conv_state(*initial_conv_state, x, s, "initial_conv_state");
-  return s;
-}
+int64_t n_channel_blocks(const ConvShape& s) { return (s.E + kBlock - 1) / kBlock; }
 
 // Ring of the last W extended positions of one sequence and one channel block, plus the block's
 // weights (transposed to (W, n_ch) so that the channel loop is contiguous) and bias.
@@ -165,7 +105,7 @@ template <typename scalar_t>
 void conv_fwd_kernel(const ConvShape& s, const std::vector<Span>& spans, const scalar_t* x,
                      const scalar_t* w, const scalar_t* b, const scalar_t* initial, scalar_t* y,
                      scalar_t* final_state) {
-  const int64_t n_blocks = s.n_blocks();
+  const int64_t n_blocks = n_channel_blocks(s);
   const int64_t n_items = static_cast<int64_t>(spans.size()) * n_blocks;
   const int64_t work = (s.B * s.T / std::max<int64_t>(1, s.N) + s.W) * s.W * kBlock;
   at::parallel_for(0, n_items, grain_for(work), [&](int64_t begin, int64_t end) {
@@ -262,7 +202,7 @@ void conv_bwd_kernel(const ConvShape& s, const std::vector<Span>& spans, const s
                      const scalar_t* b, const scalar_t* initial, scalar_t* grad_x,
                      scalar_t* grad_w, scalar_t* grad_b, scalar_t* grad_initial) {
   const int64_t work = (s.B * s.T + s.N * s.W) * s.W * kBlock;
-  at::parallel_for(0, s.n_blocks(), grain_for(work), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_channel_blocks(s), grain_for(work), [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       ChannelBlock<scalar_t> blk(s, block, w, b);
       BlockGrad<scalar_t> grad(blk);
@@ -292,6 +232,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_silu_fwd_cpu(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const std::optional<at::Tensor>& cu_seqlens,
     const std::optional<at::Tensor>& initial_conv_state) {
+  TORCH_CHECK(x.device().is_cpu(), "x: expected a CPU tensor, got ", x.device());
   const ConvShape s = check_conv_inputs(x, weight, bias, cu_seqlens, initial_conv_state);
   const std::vector<Span> spans = make_spans(s.B, s.T, cu_seqlens, /*chunk_size=*/0);
   at::Tensor y = at::empty_like(x);
@@ -311,15 +252,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_silu_bw
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const std::optional<at::Tensor>& cu_seqlens,
     const std::optional<at::Tensor>& initial_conv_state) {
+  TORCH_CHECK(x.device().is_cpu(), "x: expected a CPU tensor, got ", x.device());
   const ConvShape s = check_conv_inputs(x, weight, bias, cu_seqlens, initial_conv_state);
-  check_same_device(grad_y, x, "grad_y");
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "grad_y: expected x's shape ", x.sizes(), ", got ",
-              grad_y.sizes());
-  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), "grad_y: expected x's dtype ",
-              x.scalar_type(), ", got ", grad_y.scalar_type());
-  TORCH_CHECK(grad_y.is_contiguous(), "grad_y: expected a contiguous tensor");
-  if (grad_final_conv_state.has_value())
-    check_conv_state(*grad_final_conv_state, x, s, "grad_final_conv_state");
+  check_conv_grads(grad_y, grad_final_conv_state, x, s);
   const std::vector<Span> spans = make_spans(s.B, s.T, cu_seqlens, /*chunk_size=*/0);
 
   at::Tensor grad_x = at::empty_like(x);
