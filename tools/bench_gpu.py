@@ -16,9 +16,10 @@ Example: python tools/bench_gpu.py --json runs/bench_gpu.json
 import argparse
 import json
 import os
-import statistics
 
 import torch
+
+from cuda_timing import cuda_time_ms
 
 from cdssm.config import CDSSMConfig
 from cdssm.models.attention import plan_attention
@@ -28,24 +29,10 @@ from cdssm.models.transformer import TransformerBlock, TransformerConfig, Transf
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
 
 
-def time_ms(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def matmul_peak_tflops():
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = time_ms(lambda: a @ b, 3, 10)
+    ms = cuda_time_ms(lambda: a @ b, 3, 10)
     return 2 * 8192 ** 3 / ms / 1e9
 
 
@@ -133,7 +120,7 @@ def main(argv=None):
         for arch in ("cdssm", "transformer"):
             def measure():
                 step = block_step(arch, L, B)
-                ms = time_ms(step, a.warmup, a.repeats)
+                ms = cuda_time_ms(step, a.warmup, a.repeats)
                 return {"arch": arch, "L": L, "B": B, "ms": ms, "ktok_per_s": a.tokens / ms,
                         "peak_mib": peak_mib(step)}
             row = guarded(measure) or {"arch": arch, "L": L, "B": B, "oom": True}
@@ -143,7 +130,7 @@ def main(argv=None):
             for arch in ("cdssm", "transformer"):
                 def measure_lm():
                     step, fpt = lm_step(arch, L, B)
-                    ms = time_ms(step, a.warmup, max(3, a.repeats // 2))
+                    ms = cuda_time_ms(step, a.warmup, max(3, a.repeats // 2))
                     return {"arch": arch, "L": L, "B": B, "ms": ms, "ktok_per_s": a.tokens / ms,
                             "mfu": fpt * a.tokens / (ms * 1e-3) / (peak * 1e12),
                             "peak_mib": peak_mib(step)}

@@ -18,29 +18,14 @@ Example: python tools/bench_ops_gpu.py --json runs/bench_ops_gpu.json
 import argparse
 import json
 import os
-import statistics
 
 import torch
+
+from cuda_timing import cuda_time_ms
 
 import cdssm.ops  # noqa: F401  (loads the op library)
 
 OPS = torch.ops.cdssm
-
-
-def time_ms(fn, warmup, repeats, inner=1):
-    """Median over ``repeats`` of the device time of ``inner`` back-to-back calls, per call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return statistics.median(times)
 
 
 def bench_conv(T, E, warmup, repeats, inner):
@@ -52,9 +37,9 @@ def bench_conv(T, E, warmup, repeats, inner):
     gy = torch.randn_like(x)
     gf = torch.randn_like(s0)
     nbytes = x.numel() * x.element_size()
-    copy_ms = time_ms(lambda: x.clone(), warmup, repeats, inner)
-    fwd_ms = time_ms(lambda: OPS.causal_conv1d_silu_fwd(x, w, b, None, s0), warmup, repeats, inner)
-    bwd_ms = time_ms(lambda: OPS.causal_conv1d_silu_bwd(gy, gf, x, w, b, None, s0), warmup, repeats,
+    copy_ms = cuda_time_ms(lambda: x.clone(), warmup, repeats, inner)
+    fwd_ms = cuda_time_ms(lambda: OPS.causal_conv1d_silu_fwd(x, w, b, None, s0), warmup, repeats, inner)
+    bwd_ms = cuda_time_ms(lambda: OPS.causal_conv1d_silu_bwd(gy, gf, x, w, b, None, s0), warmup, repeats,
                      inner)
     gbps = lambda n, ms: n / ms / 1e6  # noqa: E731
     return dict(B=1, T=T, E=E, W=W, dtype="bfloat16",
@@ -95,7 +80,7 @@ def bench_decode(B, P, H, D, steps, warmup, repeats):
     phase = torch.rand(B, 1, H, P, device="cuda")
     state = torch.randn(B, H, 2 * P, D, device="cuda")
     args = (q, k, v, beta, log_decay, phase, state, None)
-    eager_ms = time_ms(lambda: OPS.recurrent_delta_scan_fwd(*args), warmup, repeats)
+    eager_ms = cuda_time_ms(lambda: OPS.recurrent_delta_scan_fwd(*args), warmup, repeats)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -105,7 +90,7 @@ def bench_decode(B, P, H, D, steps, warmup, repeats):
     with torch.cuda.graph(graph):
         for _ in range(steps):
             OPS.recurrent_delta_scan_fwd(*args)
-    graph_ms = time_ms(graph.replay, warmup, repeats) / steps
+    graph_ms = cuda_time_ms(graph.replay, warmup, repeats) / steps
     nbytes = sum(t.numel() * t.element_size() for t in args if t is not None) + state.numel() * 4
     return dict(B=B, T=1, H=H, D=D, P=P, dtype="bfloat16", eager_us=1e3 * eager_ms,
                 graph_us=1e3 * graph_ms, state_GBps=nbytes / graph_ms / 1e6)

@@ -13,9 +13,10 @@ Example: python tools/bench_scan_gpu.py --json runs/bench_scan_gpu.json
 import argparse
 import json
 import os
-import statistics
 
 import torch
+
+from cuda_timing import cuda_time_ms
 
 from cdssm.ops import chunk_delta_scan
 
@@ -36,20 +37,6 @@ def scan_inputs(B, T, H, D, P, dtype, seed=0):
     return [t.requires_grad_() for t in (q, k, v, beta, log_decay, phase, s0)]
 
 
-def time_ms(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def bench_one(B, T, H, D, P, dtype, warmup, repeats):
     args = scan_inputs(B, T, H, D, P, dtype)
     grad_o = torch.randn(B, T, H, P, 2, device="cuda").to(dtype)
@@ -62,7 +49,7 @@ def bench_one(B, T, H, D, P, dtype, warmup, repeats):
         o, final = chunk_delta_scan(*args, output_final_state=True)
         torch.autograd.backward([o, final], [grad_o, torch.ones_like(final)])
 
-    return time_ms(fwd, warmup, repeats), time_ms(step, warmup, repeats), step
+    return cuda_time_ms(fwd, warmup, repeats), cuda_time_ms(step, warmup, repeats), step
 
 
 def profile(step):

@@ -424,17 +424,10 @@ chunk_delta_scan_bwd_cpu(const at::Tensor& grad_o, const std::optional<at::Tenso
   check_state(grad_final_state, "grad_final_state", q, v, log_decay, cu_seqlens);
   const int64_t C = checked_chunk_size(chunk_size);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), P = v.size(3);
-  TORCH_CHECK(grad_o.sizes() == v.sizes() && grad_o.scalar_type() == q.scalar_type() &&
-                  grad_o.is_contiguous(),
-              "grad_o: expected a contiguous ", q.scalar_type(), " tensor of shape ", v.sizes());
+  check_grad_o(grad_o, q, v);
+  check_boundary_states(boundary_states, q, v, log_decay, cu_seqlens, C);
   const auto spans = make_spans(B, T, cu_seqlens, C);
-  const int64_t N = static_cast<int64_t>(spans.size()), NC = (T + C - 1) / C;
-  const auto expected_rows = cu_seqlens.has_value() ? NC + N : B * (NC + 1);
-  TORCH_CHECK(boundary_states.numel() == expected_rows * H * 2 * P * D &&
-                  boundary_states.scalar_type() == log_decay.scalar_type() &&
-                  boundary_states.is_contiguous(),
-              "boundary_states: expected the forward's chunk-start states (", expected_rows,
-              " rows of (H, 2P, D)), got ", boundary_states.sizes());
+  const int64_t N = static_cast<int64_t>(spans.size());
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   at::Tensor dbeta = at::empty_like(beta), dld = at::empty_like(log_decay),
              dph = at::empty_like(phase);

@@ -92,6 +92,33 @@ inline void check_state(const std::optional<at::Tensor>& state, const char* name
               name, ": expected a contiguous ", log_decay.scalar_type(), " tensor on ", q.device());
 }
 
+// grad_o of a scan backward: the shape of v, q's dtype and device, contiguous.
+inline void check_grad_o(const at::Tensor& grad_o, const at::Tensor& q, const at::Tensor& v) {
+  TORCH_CHECK(grad_o.sizes() == v.sizes() && grad_o.scalar_type() == q.scalar_type() &&
+                  grad_o.is_contiguous() && grad_o.device() == q.device(),
+              "grad_o: expected a contiguous ", q.scalar_type(), " tensor of shape ", v.sizes(),
+              " on ", q.device());
+}
+
+// Rows of the boundary-state tensor (csrc/ops.cpp): B·(NC + 1), or NC + N with cu_seqlens.
+inline int64_t boundary_rows(const at::Tensor& q, const std::optional<at::Tensor>& cu_seqlens,
+                             int64_t chunk_size) {
+  const int64_t NC = (q.size(1) + chunk_size - 1) / chunk_size;
+  return cu_seqlens.has_value() ? NC + cu_seqlens->numel() - 1 : q.size(0) * (NC + 1);
+}
+
+// boundary_states of a chunk-scan backward: what the forward returned for these inputs.
+inline void check_boundary_states(const at::Tensor& boundary, const at::Tensor& q,
+                                  const at::Tensor& v, const at::Tensor& log_decay,
+                                  const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size) {
+  const int64_t rows = boundary_rows(q, cu_seqlens, chunk_size);
+  TORCH_CHECK(boundary.numel() == rows * q.size(2) * 2 * v.size(3) * q.size(3) &&
+                  boundary.scalar_type() == log_decay.scalar_type() && boundary.is_contiguous() &&
+                  boundary.device() == q.device(),
+              "boundary_states: expected the forward's chunk-start states (", rows,
+              " rows of (H, 2P, D)), got ", boundary.sizes());
+}
+
 // Flat offsets into the contiguous canonical layouts.
 struct ScanIndex {
   int64_t T, H, D, P;

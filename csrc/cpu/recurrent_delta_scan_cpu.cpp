@@ -246,9 +246,7 @@ recurrent_delta_scan_bwd_cpu(const at::Tensor& grad_o, const std::optional<at::T
   check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens);
   check_state(initial_state, "initial_state", q, v, log_decay, cu_seqlens);
   check_state(grad_final_state, "grad_final_state", q, v, log_decay, cu_seqlens);
-  TORCH_CHECK(grad_o.sizes() == v.sizes() && grad_o.scalar_type() == q.scalar_type() &&
-                  grad_o.is_contiguous(),
-              "grad_o: expected a contiguous ", q.scalar_type(), " tensor of shape ", v.sizes());
+  check_grad_o(grad_o, q, v);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), P = v.size(3);
   const auto spans = make_spans(B, T, cu_seqlens, 0);
   const int64_t N = static_cast<int64_t>(spans.size());

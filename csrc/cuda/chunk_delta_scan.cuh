@@ -31,47 +31,24 @@
 
 #include <cstdint>
 
+#include "device_common.cuh"
+
 namespace cdssm {
 namespace cuda {
 
 constexpr int kThreads = 256;
 
-template <typename T>
-struct Cx {
-  T re, im;
-  __host__ __device__ Cx() : re(0), im(0) {}
-  __host__ __device__ Cx(T r, T i) : re(r), im(i) {}
-  __device__ Cx operator+(Cx o) const { return {re + o.re, im + o.im}; }
-  __device__ Cx operator-(Cx o) const { return {re - o.re, im - o.im}; }
-  __device__ Cx operator*(Cx o) const { return {re * o.re - im * o.im, re * o.im + im * o.re}; }
-  __device__ Cx operator*(T s) const { return {re * s, im * s}; }
-  __device__ Cx& operator+=(Cx o) { re += o.re; im += o.im; return *this; }
-  __device__ Cx& operator-=(Cx o) { re -= o.re; im -= o.im; return *this; }
-  __device__ Cx conj() const { return {re, -im}; }
-  __device__ T norm2() const { return re * re + im * im; }
-};
-
-// Re(conj(a) * b)
-template <typename T>
-__device__ inline T re_conj_mul(Cx<T> a, Cx<T> b) { return a.re * b.re + a.im * b.im; }
+using dev::Cx;
+using dev::cexp;
+using dev::from_acc;
+using dev::re_conj_mul;
+using dev::to_acc;
 
 __device__ inline float wrap_phase(float x) {
   return x - 6.283185307179586f * rintf(x * 0.15915494309189535f);
 }
 __device__ inline double wrap_phase(double x) {
   return x - 6.283185307179586 * rint(x * 0.15915494309189535);
-}
-__device__ inline Cx<float> cexp(Cx<float> g) {
-  float s, c;
-  sincosf(g.im, &s, &c);
-  const float m = expf(g.re);
-  return {m * c, m * s};
-}
-__device__ inline Cx<double> cexp(Cx<double> g) {
-  double s, c;
-  sincos(g.im, &s, &c);
-  const double m = exp(g.re);
-  return {m * c, m * s};
 }
 __host__ __device__ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -80,18 +57,6 @@ template <typename T>
 __device__ inline Cx<T> edecay(const Cx<T>* G, int t, int j) {
   return cexp(Cx<T>(G[t].re - G[j].re, wrap_phase(G[t].im - G[j].im)));
 }
-
-template <typename T>
-__device__ inline T to_acc(T x) { return x; }
-__device__ inline float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ inline float to_acc(__half x) { return __half2float(x); }
-
-template <typename scalar_t, typename acc_t>
-__device__ inline scalar_t from_acc(acc_t x) { return static_cast<scalar_t>(x); }
-template <>
-__device__ inline __nv_bfloat16 from_acc<__nv_bfloat16, float>(float x) { return __float2bfloat16(x); }
-template <>
-__device__ inline __half from_acc<__half, float>(float x) { return __float2half(x); }
 
 // Bump allocation of a kernel's scratch (shared memory, or global memory when it does not fit);
 // with base 0 it only measures.

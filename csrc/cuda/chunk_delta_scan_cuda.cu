@@ -14,18 +14,12 @@
 
 #include "../cpu/delta_scan_cpu.h"
 #include "chunk_delta_scan.cuh"
+#include "device_scalar.h"
 
 namespace cdssm {
 namespace {
 
 using cuda::kThreads;
-
-template <typename T>
-struct DeviceScalar { using type = T; };
-template <>
-struct DeviceScalar<at::BFloat16> { using type = __nv_bfloat16; };
-template <>
-struct DeviceScalar<at::Half> { using type = __half; };
 
 // The sequence table on the device, and the number of boundary rows (the static bound).
 struct SequenceTable {
@@ -194,16 +188,8 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
   const int64_t C = chunk_size, B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3),
                 P = v.size(3);
   const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : B, NC = (T + C - 1) / C;
-  TORCH_CHECK(grad_o.sizes() == v.sizes() && grad_o.scalar_type() == q.scalar_type() &&
-                  grad_o.is_contiguous() && grad_o.device() == q.device(),
-              "grad_o: expected a contiguous ", q.scalar_type(), " tensor of shape ", v.sizes(),
-              " on ", q.device());
-  const int64_t expected_rows = cu_seqlens.has_value() ? NC + N : B * (NC + 1);
-  TORCH_CHECK(boundary_states.numel() == expected_rows * H * 2 * P * D &&
-                  boundary_states.scalar_type() == log_decay.scalar_type() &&
-                  boundary_states.is_contiguous() && boundary_states.device() == q.device(),
-              "boundary_states: expected the forward's chunk-start states (", expected_rows,
-              " rows of (H, 2P, D)), got ", boundary_states.sizes());
+  check_grad_o(grad_o, q, v);
+  check_boundary_states(boundary_states, q, v, log_decay, cu_seqlens, C);
   const c10::cuda::CUDAGuard guard(q.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);

@@ -47,7 +47,9 @@ struct Cx {
   __device__ Cx operator*(Cx o) const { return {re * o.re - im * o.im, re * o.im + im * o.re}; }
   __device__ Cx operator*(T s) const { return {re * s, im * s}; }
   __device__ Cx& operator+=(Cx o) { re += o.re; im += o.im; return *this; }
+  __device__ Cx& operator-=(Cx o) { re -= o.re; im -= o.im; return *this; }
   __device__ Cx conj() const { return {re, -im}; }
+  __device__ T norm2() const { return re * re + im * im; }
 };
 
 // Re(conj(a) · b)

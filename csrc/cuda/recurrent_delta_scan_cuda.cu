@@ -127,10 +127,7 @@ recurrent_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::
   check_state(initial_state, "initial_state", q, v, log_decay, cu_seqlens);
   check_state(grad_final_state, "grad_final_state", q, v, log_decay, cu_seqlens);
   check_cuda_scan_inputs(q, cu_seqlens);
-  TORCH_CHECK(grad_o.sizes() == v.sizes() && grad_o.scalar_type() == q.scalar_type() &&
-                  grad_o.is_contiguous() && grad_o.device() == q.device(),
-              "grad_o: expected a contiguous ", q.scalar_type(), " tensor of shape ", v.sizes(),
-              " on ", q.device());
+  check_grad_o(grad_o, q, v);
   const c10::cuda::CUDAGuard guard(q.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), P = v.size(3);
