@@ -1,0 +1,1 @@
+"""Training: data (tokenizer, shards, loader), optimizer and schedule, the training loop."""
