@@ -29,7 +29,8 @@ def write_shards(data_dir, vocab_size: int = VOCAB, train_tokens: int = 20_000,
             tokens.extend(((start + step * np.arange(length)) % eot).tolist() + [eot])
         np.asarray(tokens[:n], dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
     with open(os.path.join(data_dir, "meta.json"), "w") as f:
-        json.dump({"vocab_size": vocab_size, "eot": eot, "dtype": "uint16"}, f)
+        json.dump({"vocab_size": vocab_size, "eot_id": eot, "dtype": "uint16",
+                   "tokens": {"train": train_tokens, "val": val_tokens}}, f)
     return str(data_dir)
 
 

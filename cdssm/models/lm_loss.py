@@ -52,12 +52,16 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     hidden (B, T, d) (the final-norm output), weight (V, d) (the tied embedding), labels (B, T).
     The B·T positions are cut into chunks of ``chunk_tokens``; chunk c contributes
     Σ_{t ∈ c} CE(h_t Wᵀ, target_t), recomputed in the backward (activation checkpointing), so at
-    most one chunk's logits live at a time. Loss = Σ_c (chunk sum) / #targets (fp32; 0 when no position has a target).
+    most one chunk's logits live at a time. Loss = Σ_c (chunk sum) / #targets (fp32; 0 when no
+    position has a target).
     """
     target = shift_labels(labels, cu_seqlens).flatten()
     flat = hidden.flatten(0, 1)
     total = flat.new_zeros((), dtype=torch.float32)
-    for start in range(0, flat.shape[0], chunk_tokens):
+    # range() over a symbolic length would specialise compiled graphs on it: a batch of at most
+    # one chunk takes no loop, so a dynamic sequence length compiles once.
+    starts = range(0, flat.shape[0], chunk_tokens) if flat.shape[0] > chunk_tokens else (0,)
+    for start in starts:
         rows = slice(start, start + chunk_tokens)
         total = total + checkpoint(_chunk_ce_sum, flat[rows], weight, target[rows],
                                    use_reentrant=False)

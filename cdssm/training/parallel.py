@@ -67,7 +67,7 @@ def gather_objects(obj, info: ParallelInfo) -> list:
 
 def wrap_data_parallel(model: nn.Module, device: torch.device, info: ParallelInfo,
                        compile_model: bool) -> nn.Module:
-    """Compiles (``fullgraph=True``, in place) and shards/replicates ``model``; returns what to call.
+    """Compiles (``fullgraph=True``, in place), shards or replicates ``model``; returns the callable.
 
     One rank: the model itself. CUDA: FSDP2 (``fully_shard``) per block and at the root, each
     block compiled first (FSDP's hooks sit between blocks, outside the graphs); fp32 parameters

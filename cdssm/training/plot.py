@@ -22,8 +22,8 @@ def plot_losses(run_dir: str, out: Optional[str] = None) -> str:
     out = out or os.path.join(run_dir, "loss.png")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (CE + metabolic)",
-                linewidth=1)
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], linewidth=1,
+                label="train loss (CE + metabolic)")
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
     ax.set_xlabel("step")
