@@ -66,6 +66,14 @@ def test_checkpointed_or_compiled_run_matches_eager(data_dir, tmp_path, arch, op
     assert saved["model"].keys() == eager.model.state_dict().keys()  # no wrapper prefixes
 
 
+@pytest.mark.parametrize("arch", ["cdssm", "transformer"])
+def test_packed_run_learns(data_dir, tmp_path, arch):
+    config = tiny(data_dir, tmp_path, arch=arch, packed=True, steps=12, eval_every=6,
+                  eval_batches=2)
+    vals = [v for _, v in train(config, make_loader=ShardLoader, progress=False).val_losses]
+    assert vals[-1] < vals[0] < 1.2 * torch.log(torch.tensor(VOCAB))
+
+
 def crashing_loader(crash_at: int):
     """A ShardLoader factory whose train loader raises before its ``crash_at``-th batch."""
 

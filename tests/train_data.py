@@ -46,16 +46,25 @@ class ShardLoader:
 
     def __init__(self, data_dir, split, batch_size, seq_len, *, seed=0, packed=False, rank=0,
                  world_size=1):
-        assert not packed
+        self.packed, self.eot = packed, json.load(open(os.path.join(data_dir, "meta.json")))[
+            "eot_id"]
         self.data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.rank, self.world_size = rank, world_size
         self.k, self.epoch = 0, 0
 
     def _rows(self, offsets) -> Batch:
+        """(B, T) windows; packed: (1, B·T) with a document start at every window start and
+        after every EOT."""
         ids = torch.from_numpy(np.stack([self.data[o:o + self.seq_len] for o in offsets])
                                .astype(np.int64))
-        return Batch(ids, ids.clone(), None)
+        if not self.packed:
+            return Batch(ids, ids.clone(), None)
+        flat = ids.view(1, -1)
+        starts = set(range(0, flat.shape[1] + 1, self.seq_len))
+        starts |= set((flat[0] == self.eot).nonzero().flatten().add(1).tolist())
+        cu = torch.tensor(sorted(starts), dtype=torch.int32)
+        return Batch(flat, flat.clone(), cu)
 
     def next_batch(self) -> Batch:
         rng = np.random.default_rng((self.seed, self.k))
