@@ -81,6 +81,7 @@ def build_lm(config: TrainConfig, vocab_size: int) -> nn.Module:
 
 
 def default_loader_factory():
+    """``cdssm.training.loader.TokenLoader`` (imported when a run starts)."""
     from .loader import TokenLoader
 
     return TokenLoader
