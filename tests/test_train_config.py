@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -82,8 +83,12 @@ def test_missing_data_points_to_data_prepare(tmp_path):
     with pytest.raises(ValueError, match="cdssm data prepare"):
         read_data_meta(str(tmp_path))
     config = TrainConfig(data_dir=str(tmp_path / "none"), steps=1, device="cpu")
-    with pytest.raises(ValueError, match="no meta.json"):
+    with pytest.raises(ValueError, match="meta.json not found.*cdssm data prepare"):
         train(config)
+    data = write_shards(tmp_path / "data")
+    os.remove(os.path.join(data, "val.bin"))
+    with pytest.raises(ValueError, match="no val.bin.*--val-fraction"):
+        read_data_meta(data)
 
 
 def test_cli_usage_error_for_missing_data(tmp_path, capsys):

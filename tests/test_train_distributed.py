@@ -10,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from cdssm.training.config import TrainConfig
+from cdssm.training.loader import TokenLoader
 from cdssm.training.loop import train
 from train_data import ShardLoader, write_shards
 
@@ -30,21 +31,22 @@ def _report(result, path) -> None:
                    "weight": result.model.blocks[0].in_proj.weight.sum().item()}, f)
 
 
-def _worker(rank: int, world_size: int, port: int, config: dict, out: str) -> None:
+def _worker(rank: int, world_size: int, port: int, config: dict, loader, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
-    _report(train(TrainConfig(**config), make_loader=ShardLoader, progress=False),
+    _report(train(TrainConfig(**config), make_loader=loader, progress=False),
             os.path.join(out, f"rank{rank}.json"))
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("loader", [ShardLoader, TokenLoader])
+def test_two_gloo_ranks_match_one_process(tmp_path, loader):
     data = write_shards(tmp_path / "data")
     one = train(TrainConfig(**RUN, batch_size=4, data_dir=data, out_dir=str(tmp_path / "one")),
-                make_loader=ShardLoader, progress=False)
+                make_loader=loader, progress=False)
     _report(one, tmp_path / "one.json")
     two = dict(RUN, batch_size=2, data_dir=data, out_dir=str(tmp_path / "two"))
-    mp.spawn(_worker, args=(2, _free_port(), two, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), two, loader, str(tmp_path)), nprocs=2, join=True)
     single = json.loads((tmp_path / "one.json").read_text())
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # same losses, evaluations, EMA buffers and weights everywhere

@@ -11,6 +11,7 @@ import cdssm.models.cdssm as cdssm_model
 from cdssm.cli import main
 from cdssm.training.checkpoint import load_checkpoint, save_checkpoint
 from cdssm.training.config import TrainConfig
+from cdssm.training.loader import TokenLoader
 from cdssm.training.loop import TrainingDiverged, train
 from cdssm.training.metrics import read_metrics
 from train_data import VOCAB, ShardLoader, write_shards
@@ -74,29 +75,31 @@ def test_packed_run_learns(data_dir, tmp_path, arch):
     assert vals[-1] < vals[0] < 1.2 * torch.log(torch.tensor(VOCAB))
 
 
-def crashing_loader(crash_at: int):
-    """A ShardLoader factory whose train loader raises before its ``crash_at``-th batch."""
+def crashing_loader(loader, crash_at: int):
+    """A ``loader`` factory whose train loader raises instead of giving batch ``crash_at``."""
 
-    class Crashing(ShardLoader):
+    class Crashing(loader):
         def next_batch(self):
-            if self.k == crash_at:
+            self.taken = getattr(self, "taken", 0) + 1
+            if self.taken > crash_at:
                 raise KeyboardInterrupt("simulated crash")
             return super().next_batch()
 
-    return lambda data_dir, split, *args, **kw: (Crashing if split == "train" else ShardLoader)(
+    return lambda data_dir, split, *args, **kw: (Crashing if split == "train" else loader)(
         data_dir, split, *args, **kw)
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path, grad_accum):
+@pytest.mark.parametrize("grad_accum, loader", [(1, ShardLoader), (2, ShardLoader),
+                                                (2, TokenLoader)])
+def test_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path, grad_accum, loader):
     overrides = dict(steps=8, checkpoint_every=4, eval_every=4, grad_accum=grad_accum)
     straight = train(tiny(data_dir, tmp_path / "straight", **overrides),
-                     make_loader=ShardLoader, progress=False)
+                     make_loader=loader, progress=False)
     config = tiny(data_dir, tmp_path / "resumed", **overrides)
     with pytest.raises(KeyboardInterrupt):  # dies during step 6, after the step-4 checkpoint
-        train(config, make_loader=crashing_loader(5 * grad_accum), progress=False)
+        train(config, make_loader=crashing_loader(loader, 5 * grad_accum), progress=False)
     assert load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))["step"] == 4
-    resumed = train(config, resume=True, make_loader=ShardLoader, progress=False)
+    resumed = train(config, resume=True, make_loader=loader, progress=False)
     assert resumed.losses == straight.losses[4:]
     assert resumed.val_losses == straight.val_losses[1:]
     for (name, a), b in zip(straight.model.state_dict().items(),
@@ -151,10 +154,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left
 
 
-def test_cli_train_then_plot(data_dir, tmp_path, monkeypatch, capsys):
-    import cdssm.training.loop as loop
-
-    monkeypatch.setattr(loop, "default_loader_factory", lambda: ShardLoader)
+def test_cli_train_then_plot(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text(f"data_dir: {data_dir}\nd_model: 64\nn_layers: 1\nseq_len: 32\n")

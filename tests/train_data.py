@@ -1,6 +1,6 @@
-"""Tiny token shards in the `cdssm data prepare` format and a minimal deterministic loader over
-them (the TokenLoader API: next_batch, state_dict/load_state_dict, epoch, iter_eval), shared by
-the training tests.
+"""Tiny token shards in the `cdssm data prepare` format (without a tokenizer) and a minimal
+deterministic loader over them (the TokenLoader API: next_batch, state_dict/load_state_dict,
+epoch, iter_eval) that draws windows anywhere, shared by the training tests.
 
 The data is learnable: each document is an arithmetic progression of tokens mod (V − 1) with a
 random start and step in {1, 2}, ended by the EOT token V − 1.
@@ -12,6 +12,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
+
+from cdssm.training.data import FORMAT
 
 VOCAB = 32
 
@@ -29,7 +31,7 @@ def write_shards(data_dir, vocab_size: int = VOCAB, train_tokens: int = 20_000,
             tokens.extend(((start + step * np.arange(length)) % eot).tolist() + [eot])
         np.asarray(tokens[:n], dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
     with open(os.path.join(data_dir, "meta.json"), "w") as f:
-        json.dump({"vocab_size": vocab_size, "eot_id": eot, "dtype": "uint16",
+        json.dump({"format": FORMAT, "vocab_size": vocab_size, "eot_id": eot, "dtype": "uint16",
                    "tokens": {"train": train_tokens, "val": val_tokens}}, f)
     return str(data_dir)
 

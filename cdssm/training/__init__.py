@@ -1,1 +1,2 @@
-"""Training: data (tokenizer, shards, loader), optimizer and schedule, the training loop."""
+"""Training: tokenizer, token shards (``cdssm data prepare``) and the batch loader; optimizer
+and schedule; the training loop (``cdssm train``)."""

@@ -157,7 +157,7 @@ PRESETS = {
     # the tied head and its softmax dominate a step.
     "tiny": dict(d_model=64, n_layers=2, seq_len=128, batch_size=8, steps=50, warmup_steps=10,
                  lr=2e-3, eval_every=25, eval_batches=4, log_every=5, checkpoint_every=0,
-                 device="cpu", compile=False, out_dir="runs/tiny"),
+                 device="cpu", compile=False, data_dir="data/shakespeare", out_dir="runs/tiny"),
     "small": dict(d_model=512, n_layers=8, seq_len=1024, batch_size=16, grad_accum=2,
                   steps=0, token_budget=2_500_000_000, out_dir="runs/small"),
     "gpt2-small": dict(d_model=768, n_layers=12, seq_len=2048, batch_size=16, grad_accum=4,

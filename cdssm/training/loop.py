@@ -30,6 +30,7 @@ from ..models.registry import ARCHITECTURES
 from .checkpoint import (checkpoint_path, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import TrainConfig
+from .data import load_meta, shard_path
 from .metrics import MetricsLog
 from .optim import build_optimizer
 from .parallel import (ParallelInfo, all_reduce_mean, close_parallel, gather_objects,
@@ -59,16 +60,14 @@ class RunResult:
 
 
 def read_data_meta(data_dir: str) -> dict:
-    """``data_dir/meta.json``, after checking that the shards are there."""
-    for name in ("meta.json", "train.bin", "val.bin"):
-        if not os.path.isfile(os.path.join(data_dir, name)):
-            raise ValueError(f"data_dir: no {name} in {data_dir!r}; write the token shards "
-                             f"first with `cdssm data prepare` (see `cdssm data prepare --help`) "
-                             f"or point --data-dir at them")
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        meta = json.load(f)
-    if not isinstance(meta.get("vocab_size"), int):
-        raise ValueError(f"data_dir: {data_dir!r}/meta.json has no integer vocab_size")
+    """``data_dir/meta.json`` (``cdssm.training.data.load_meta``), after checking that the
+    train and val shards are there."""
+    meta = load_meta(data_dir)
+    for split in ("train", "val"):
+        if not shard_path(data_dir, split).is_file():
+            raise ValueError(f"data_dir: no {split}.bin in {data_dir!r}; prepare the shards "
+                             f"with `cdssm data prepare --out {data_dir}` (with a val split: "
+                             f"--val-fraction > 0)")
     return meta
 
 
