@@ -21,7 +21,13 @@ EPILOG = """\
 examples:
   cdssm demo                        tiny CD-SSM on CPU: forward/backward, then generation
   cdssm demo --arch transformer     the same with the Transformer baseline
-  cdssm data prepare                Shakespeare's plays -> token shards in data/shakespeare"""
+  cdssm data prepare                Shakespeare's plays -> token shards in data/shakespeare
+  cdssm train --preset tiny         train the tiny preset on them on CPU (about a minute)
+  cdssm train --config run.yaml --lr 3e-4 --resume
+                                    a run from a YAML file with an override, resumed
+  torchrun --nproc_per_node 8 -m cdssm train --preset gpt2-small
+                                    data parallel (FSDP2 on GPUs, DDP on CPU)
+  cdssm plot runs/tiny              the run's loss curves as runs/tiny/loss.png"""
 
 
 def _int_at_least(minimum: int):
@@ -94,6 +100,68 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(commands) -> None:
+    from .training.config import PRESETS, add_config_arguments
+
+    parser = commands.add_parser(
+        "train", help="train a model on prepared token shards (resumable, data parallel)",
+        description="Trains a CD-SSM (or the Transformer baseline) on the token shards of "
+                    "--data-dir (from `cdssm data prepare`): AdamW with warmup and cosine decay, "
+                    "bf16 autocast on GPU, gradient accumulation and clipping, periodic "
+                    "evaluation, atomic checkpoints and exact resume. Settings: a --preset, "
+                    "then a --config file (YAML or JSON with TrainConfig fields), then the "
+                    "options below. Under `torchrun --nproc_per_node N -m cdssm train` it runs "
+                    "data parallel (FSDP2 on CUDA, DDP over gloo on CPU). The run directory "
+                    "gets config.json, metrics.jsonl, checkpoint.pt and final/ (the model, for "
+                    "from_pretrained).")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="start from these settings: tiny (CPU, about a minute), small "
+                             "(d 512, 8 layers, ctx 1024), gpt2-small (d 768, 12 layers, ctx "
+                             "2048)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML or JSON file of TrainConfig fields (over the preset)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out-dir from its checkpoint.pt")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+    add_config_arguments(parser)
+    parser.set_defaults(handler=_train, parser=parser)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training.config import config_from_args
+    from .training.loop import TrainingDiverged, train
+
+    config = config_from_args(args)
+    try:
+        result = train(config, resume=args.resume, progress=args.progress)
+    except TrainingDiverged as error:
+        print(f"cdssm train: {error}", file=sys.stderr)
+        return 1
+    if result.val_losses:
+        step, val = result.val_losses[-1]
+        print(f"done: {len(result.losses)} steps, final val loss {val:.4f} at step {step}, "
+              f"{result.tokens_per_s:,.0f} tokens/s; run directory {config.out_dir}")
+    return 0
+
+
+def _add_plot(commands) -> None:
+    parser = commands.add_parser(
+        "plot", help="plot a run's train/val loss curves to a PNG",
+        description="Reads RUN_DIR/metrics.jsonl and writes the train and val loss curves "
+                    "(against the step) as a PNG.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a `cdssm train` run directory")
+    parser.add_argument("--out", metavar="PNG", help="output file (default RUN_DIR/loss.png)")
+    parser.set_defaults(handler=_plot, parser=parser)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .training.plot import plot_losses
+
+    print(plot_losses(args.run_dir, args.out))
+    return 0
+
+
 def _add_data(commands) -> None:
     parser = commands.add_parser(
         "data", help="prepare token shards for training",
@@ -158,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      required=True)
     _add_demo(commands)
     _add_data(commands)
+    _add_train(commands)
+    _add_plot(commands)
     return parser
 
 

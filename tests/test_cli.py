@@ -79,7 +79,7 @@ def test_console_script_demo(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     ([], "required: COMMAND"),
-    (["train"], "invalid choice: 'train'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["demo", "--d-model", "0"], "argument --d-model: expected an integer >= 1, got 0"),
     (["demo", "--d-model", "x"], "argument --d-model: expected an integer, got 'x'"),
     (["demo", "--arch", "rnn"], "argument --arch: invalid choice"),

@@ -18,7 +18,7 @@ from ..config import CDSSMConfig
 from ..ops import causal_conv1d_silu, chunk_delta_scan, recurrent_delta_scan
 from ..ops.dynamics import adaptive_timestep, dynamics_dtype, scan_inputs
 from .layers import RMSNorm
-from .lm_loss import causal_lm_loss
+from .lm_loss import chunked_causal_lm_loss
 from .outputs import CausalLMOutput
 from .pretrained import PretrainedMixin
 
@@ -366,13 +366,15 @@ class CDSSMForCausalLM(PretrainedMixin, nn.Module):
             ssm_states.append(out.ssm_state)
             energies.append(out.state_energy)
             utilities.append(out.mean_utility)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        h = self.norm(x)  # (B, T, d)
         mean_utility = torch.stack(utilities)  # (n_layers,)
         aux_loss = self.config.metabolic_weight * mean_utility.mean()
-        loss = None
-        if labels is not None:
-            loss = causal_lm_loss(logits, labels.long(), cu_seqlens) + aux_loss
-            logits = None
+        logits = loss = None
+        if labels is None:
+            logits = self.lm_head(h)  # (B, T, V)
+        else:  # never the whole (B·T, V) logits
+            loss = chunked_causal_lm_loss(h, self.lm_head.weight, labels.long(),
+                                          cu_seqlens) + aux_loss
         new_state = None
         if state is not None:
             new_state = CDSSMState(torch.stack(conv_states), torch.stack(ssm_states))

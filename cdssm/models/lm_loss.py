@@ -1,11 +1,16 @@
-"""Next-token cross-entropy with document-aware label shifting."""
+"""Next-token cross-entropy with document-aware label shifting, from logits or, chunk by chunk,
+from the final hidden states and the (tied) output embedding."""
 
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
+
+# Tokens per cross-entropy chunk: at V = 50257 one chunk's fp32 logits take 412 MB.
+LOSS_CHUNK_TOKENS = 2048
 
 
 def shift_labels(labels: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -31,3 +36,33 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
     """Mean cross-entropy (fp32) over positions with a target. logits (B, T, V), labels (B, T)."""
     target = shift_labels(labels, cu_seqlens)
     return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Σ CE over one chunk: hidden (n, d), weight (V, d), target (n,); logits in fp32."""
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                           cu_seqlens: Optional[torch.Tensor] = None,
+                           chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """``causal_lm_loss(hidden @ weightᵀ, labels, cu_seqlens)`` without the (B·T, V) logits.
+
+    hidden (B, T, d) (the final-norm output), weight (V, d) (the tied embedding), labels (B, T).
+    The B·T positions are cut into chunks of ``chunk_tokens``; chunk c contributes
+    Σ_{t ∈ c} CE(h_t Wᵀ, target_t), recomputed in the backward (activation checkpointing), so at
+    most one chunk's logits live at a time. Loss = Σ_c (chunk sum) / #targets (fp32; 0 when no
+    position has a target).
+    """
+    target = shift_labels(labels, cu_seqlens).flatten()
+    flat = hidden.flatten(0, 1)
+    total = flat.new_zeros((), dtype=torch.float32)
+    # range() over a symbolic length would specialise compiled graphs on it: a batch of at most
+    # one chunk takes no loop, so a dynamic sequence length compiles once.
+    starts = range(0, flat.shape[0], chunk_tokens) if flat.shape[0] > chunk_tokens else (0,)
+    for start in starts:
+        rows = slice(start, start + chunk_tokens)
+        total = total + checkpoint(_chunk_ce_sum, flat[rows], weight, target[rows],
+                                   use_reentrant=False)
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)

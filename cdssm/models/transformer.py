@@ -17,7 +17,7 @@ from torch import nn
 from .attention import CausalSelfAttention, KVCache, plan_attention
 from .documents import check_cu_seqlens
 from .layers import RMSNorm
-from .lm_loss import causal_lm_loss
+from .lm_loss import chunked_causal_lm_loss
 from .outputs import CausalLMOutput
 from .pretrained import PretrainedMixin
 
@@ -201,11 +201,16 @@ class TransformerForCausalLM(PretrainedMixin, nn.Module):
             h, k_cache, v_cache = block(h, plan, *past)
             ks.append(k_cache)
             vs.append(v_cache)
-        logits = self.lm_head(self.norm(h))
+        h = self.norm(h)
         new_state = None if state is None else KVCache(torch.stack(ks), torch.stack(vs), plan.valid)
         aux_loss = torch.zeros((), device=input_ids.device)
-        loss = None if labels is None else causal_lm_loss(logits, labels, cu_seqlens) + aux_loss
-        return CausalLMOutput(logits=logits if labels is None else None, loss=loss,
+        logits = loss = None
+        if labels is None:
+            logits = self.lm_head(h)
+        else:  # never the whole (B·T, V) logits
+            loss = chunked_causal_lm_loss(h, self.lm_head.weight, labels.long(),
+                                          cu_seqlens) + aux_loss
+        return CausalLMOutput(logits=logits, loss=loss,
                               aux_loss=aux_loss, state_energy=None, mean_utility=None,
                               state=new_state)
 

@@ -1,0 +1,58 @@
+"""Numerics of a run: the device, autocast, float8 linears and activation checkpointing."""
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: cuda when available, else cpu; asking for cuda without one is a ValueError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda requested but torch.cuda.is_available() is False "
+                         "(use --device cpu)")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, float8: bool, device: torch.device) -> str:
+    """``auto`` → bf16 on cuda, fp32 on cpu. float8 needs cuda (its scaled matmuls)."""
+    if float8 and device.type != "cuda":
+        raise ValueError(f"float8: needs a CUDA device, got {device.type} (drop --float8)")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast (fp32 master weights stay fp32) or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def convert_to_float8(model: nn.Module) -> None:
+    """torchao ``convert_to_float8_training`` on every Linear whose in and out features are
+    multiples of 16, except the head tied to the embedding. torchao is imported here only."""
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError as error:
+        raise ValueError("float8: needs torchao, which is not installed (pip install torchao, "
+                         "or drop --float8)") from error
+    tied = model.lm_head.weight
+
+    def eligible(module: nn.Module, fqn: str) -> bool:
+        return (isinstance(module, nn.Linear) and module.weight is not tied
+                and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+    convert_to_float8_training(model, module_filter_fn=eligible)
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Wraps every block of ``model.blocks`` so its activations are recomputed in the backward
+    (non-reentrant ``torch.utils.checkpoint``); state-dict names are unchanged."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = checkpoint_wrapper(block)
