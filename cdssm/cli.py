@@ -27,7 +27,9 @@ examples:
                                     a run from a YAML file with an override, resumed
   torchrun --nproc_per_node 8 -m cdssm train --preset gpt2-small
                                     data parallel (FSDP2 on GPUs, DDP on CPU)
-  cdssm plot runs/tiny              the run's loss curves as runs/tiny/loss.png"""
+  cdssm plot runs/tiny              the run's loss curves as runs/tiny/loss.png
+  cdssm plot runs/a runs/b --out ab.png
+                                    two runs' train and val curves side by side"""
 
 
 def _int_at_least(minimum: int):
@@ -141,24 +143,30 @@ def _train(args: argparse.Namespace) -> int:
     if result.val_losses:
         step, val = result.val_losses[-1]
         print(f"done: {len(result.losses)} steps, final val loss {val:.4f} at step {step}, "
-              f"{result.tokens_per_s:,.0f} tokens/s; run directory {config.out_dir}")
+              f"{result.tokens_per_s:,.0f} tokens/s ({result.model_tflops:.1f} model TFLOP/s); "
+              f"run directory {config.out_dir}")
     return 0
 
 
 def _add_plot(commands) -> None:
     parser = commands.add_parser(
-        "plot", help="plot a run's train/val loss curves to a PNG",
-        description="Reads RUN_DIR/metrics.jsonl and writes the train and val loss curves "
-                    "(against the step) as a PNG.")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a `cdssm train` run directory")
-    parser.add_argument("--out", metavar="PNG", help="output file (default RUN_DIR/loss.png)")
+        "plot", help="plot the train/val loss curves of one or more runs to a PNG",
+        description="Reads RUN_DIR/metrics.jsonl and writes a PNG: for one run its train and "
+                    "val loss against the step; for several, a train-loss and a val-loss panel "
+                    "side by side with one curve per run against the training tokens seen.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="`cdssm train` run directories")
+    parser.add_argument("--out", metavar="PNG",
+                        help="output file (default with one run: RUN_DIR/loss.png; required "
+                             "with several)")
     parser.set_defaults(handler=_plot, parser=parser)
 
 
 def _plot(args: argparse.Namespace) -> int:
     from .training.plot import plot_losses
 
-    print(plot_losses(args.run_dir, args.out))
+    runs = args.run_dirs[0] if len(args.run_dirs) == 1 else args.run_dirs
+    print(plot_losses(runs, args.out))
     return 0
 
 

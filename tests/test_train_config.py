@@ -10,7 +10,7 @@ import pytest
 from cdssm.cli import build_parser, main
 from cdssm.training.config import PRESETS, TrainConfig, config_from_args, resolve_config
 from cdssm.training.loop import read_data_meta, train
-from cdssm.training.precision import convert_to_float8, resolve_precision
+from cdssm.training.precision import convert_to_float8, float8_eligible, resolve_precision
 from train_data import write_shards
 
 
@@ -113,3 +113,24 @@ def test_float8_without_torchao_says_how_to_install():
 
     with pytest.raises(ValueError, match="pip install torchao"):
         convert_to_float8(build_model("cdssm", 64, 1, 64, 97))
+
+
+@pytest.mark.parametrize("in_features, out_features, expected", [
+    (2048, 12416, True),   # CD-SSM in_proj at d 2048
+    (4096, 4096, True),    # Q_proj
+    (4096, 2048, True),    # out_proj
+    (2048, 5632, True),    # a SwiGLU projection
+    (128, 4096, False),    # readout_proj (2PH = 128): too small a K
+    (4096, 128, False),    # dynamics_proj
+    (4096, 1024, False),   # torchao's tensorwise rule: K <= 4096 and N <= 1024
+    (8192, 1024, True),
+    (2040, 4096, False),   # not a multiple of 16
+])
+def test_float8_eligible_layers(in_features, out_features, expected):
+    import torch
+    from torch import nn
+
+    layer = nn.Linear(in_features, out_features, bias=False, device="meta")
+    assert float8_eligible(layer, torch.empty(0)) is expected
+    assert float8_eligible(layer, layer.weight) is False  # the tied head never
+    assert float8_eligible(nn.Conv1d(1024, 1024, 1, device="meta"), torch.empty(0)) is False

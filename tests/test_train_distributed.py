@@ -58,3 +58,30 @@ def test_two_gloo_ranks_match_one_process(tmp_path, loader):
     assert [s for s, _ in ranks[0]["val"]] == [2, 4]
     # only rank 0 wrote the run directory
     assert (tmp_path / "two" / "checkpoint.pt").exists()
+
+
+def test_torchrun_with_one_process_runs_data_parallel(tmp_path, monkeypatch):
+    """Under torchrun (TORCHELASTIC_RUN_ID) even WORLD_SIZE = 1 joins a process group and wraps
+    the model (DDP on CPU, FSDP2 on CUDA), and trains like a plain process."""
+    from cdssm.training.parallel import close_parallel, init_parallel, wrap_data_parallel
+
+    data = write_shards(tmp_path / "data")
+    config = dict(RUN, batch_size=4, data_dir=data)
+    plain = train(TrainConfig(**config, out_dir=str(tmp_path / "plain")), progress=False)
+    assert not init_parallel("cpu").distributed  # no torchrun: not distributed
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not init_parallel("cpu").distributed  # WORLD_SIZE = 1 outside torchrun: neither
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    for name, value in dict(RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(name, value)
+    info = init_parallel("cpu")
+    try:
+        assert info.distributed and info.world_size == 1
+        wrapped = wrap_data_parallel(torch.nn.Linear(2, 2), torch.device("cpu"), info, False)
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+        one = train(TrainConfig(**config, out_dir=str(tmp_path / "one")), progress=False)
+    finally:
+        close_parallel(info)
+    torch.testing.assert_close(torch.tensor(one.losses), torch.tensor(plain.losses),
+                               rtol=1e-5, atol=1e-6)

@@ -40,7 +40,8 @@ def test_tiny_run_lowers_val_loss(data_dir, tmp_path, arch):
         assert all(block.ema.abs().sum() > 0 for block in result.model.blocks)
     records = read_metrics(str(tmp_path))
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 21))
-    assert {"loss", "aux_loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(records[0])
+    assert {"loss", "aux_loss", "lr", "grad_norm", "tokens", "tokens_per_s",
+            "model_tflops"} <= set(records[0])
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "final",
                                             "metrics.jsonl"]
     from cdssm.models.registry import ARCHITECTURES
@@ -173,3 +174,49 @@ def test_plot_needs_a_run_directory(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["plot", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_packed_batches_of_any_document_count_compile_once(data_dir):
+    """device_batch marks cu_seqlens dynamic, so new document counts reuse the first graph."""
+    from torch._dynamo.testing import CompileCounter
+
+    from cdssm.training.loop import build_lm, device_batch
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    config = tiny(data_dir, "unused", steps=1)
+    model = build_lm(config, VOCAB)
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    loader = ShardLoader(data_dir, "train", 4, 64, packed=True)
+    counts = set()
+    for _ in range(4):
+        batch = device_batch(loader.next_batch(), torch.device("cpu"))
+        counts.add(batch["cu_seqlens"].shape[0])
+        compiled(**batch).loss.backward()
+    assert len(counts) >= 3  # the documents per batch did change
+    assert counter.frame_count == 1
+
+
+def test_plot_several_runs_side_by_side(tmp_path, capsys):
+    from cdssm.training.metrics import MetricsLog
+
+    runs = []
+    for name, tokens_per_step, scale in (("cdssm", 1024, 1.0), ("transformer", 2048, 1.2)):
+        log = MetricsLog(str(tmp_path / name))
+        for step in range(1, 11):
+            log.write({"step": step, "loss": scale * 10 / step, "tokens": step * tokens_per_step})
+            if step % 5 == 0:
+                log.write({"step": step, "val_loss": scale * 11 / step})
+        runs.append(str(tmp_path / name))
+    png = tmp_path / "both.png"
+    assert main(["plot", *runs, "--out", str(png)]) == 0
+    assert capsys.readouterr().out.strip() == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+    with pytest.raises(SystemExit) as exit_info:  # several runs need --out
+        main(["plot", *runs])
+    assert exit_info.value.code == 2 and "out: required" in capsys.readouterr().err
+    MetricsLog(str(tmp_path / "val-only")).write({"step": 5, "val_loss": 3.0})
+    with pytest.raises(SystemExit):  # no train records: no token axis
+        main(["plot", runs[0], str(tmp_path / "val-only"), "--out", str(png)])
+    assert "cannot be placed on the token axis" in capsys.readouterr().err

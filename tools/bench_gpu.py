@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from cuda_timing import cuda_time_ms
+from cuda_timing import cuda_time_ms, matmul_peak_tflops
 
 from cdssm.config import CDSSMConfig
 from cdssm.models.attention import plan_attention
@@ -27,13 +27,6 @@ from cdssm.models.cdssm import CDSSMBlock, CDSSMForCausalLM
 from cdssm.models.transformer import TransformerBlock, TransformerConfig, TransformerForCausalLM
 
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
-
-
-def matmul_peak_tflops():
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = cuda_time_ms(lambda: a @ b, 3, 10)
-    return 2 * 8192 ** 3 / ms / 1e9
 
 
 def peak_mib(fn):

@@ -1,5 +1,7 @@
 """CUDA-event timing shared by the GPU benchmarks in tools/ (imported as a sibling module)."""
 
+import contextlib
+import fcntl
 import statistics
 
 import torch
@@ -20,3 +22,27 @@ def cuda_time_ms(fn, warmup: int, repeats: int, inner: int = 1) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
+
+
+def matmul_peak_tflops() -> float:
+    """Measured bf16 rate of an 8192³ matrix product on random data, TFLOP/s."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = cuda_time_ms(lambda: a @ b, 3, 10)
+    return 2 * 8192 ** 3 / ms / 1e9
+
+
+@contextlib.contextmanager
+def gpu_lock(path):
+    """Exclusive use of the GPU among benchmark processes sharing the lock file ``path`` (None:
+    no lock). Several benchmarks can then compile at once (CPU work) and take turns for the
+    timed sections."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -31,6 +31,7 @@ from .checkpoint import (checkpoint_path, load_checkpoint, rng_state, save_check
                          set_rng_state)
 from .config import TrainConfig
 from .data import load_meta, shard_path
+from .flops import model_flops_per_token
 from .metrics import MetricsLog
 from .optim import build_optimizer
 from .parallel import (ParallelInfo, all_reduce_mean, close_parallel, gather_objects,
@@ -51,11 +52,13 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class RunResult:
     """What ``train`` returns: per-step train losses (the all-rank mean of CE + aux), the
-    evaluations [(step, val loss)], the mean tokens/s after the first step, and the model."""
+    evaluations [(step, val loss)], the mean tokens/s after the first step and the model
+    TFLOP/s it makes (``cdssm.training.flops``), and the model."""
 
     losses: list = field(default_factory=list)
     val_losses: list = field(default_factory=list)
     tokens_per_s: float = float("nan")
+    model_tflops: float = float("nan")
     model: Optional[nn.Module] = None
 
 
@@ -77,6 +80,23 @@ def build_lm(config: TrainConfig, vocab_size: int) -> nn.Module:
     extra = {"state_pairs": config.state_pairs} if config.arch == "cdssm" else {}
     return cls(cls.config_class(config.d_model, config.n_layers, config.seq_len, vocab_size,
                                 **extra))
+
+
+def device_batch(batch, device: torch.device) -> dict:
+    """The model's keyword arguments for a loader ``Batch``, moved to ``device``.
+
+    A packed batch's cu_seqlens (N + 1,) is marked dynamic in N: the number of documents
+    changes from batch to batch, and without the mark the first new N recompiles the whole
+    compiled model (once, then Dynamo makes N symbolic by itself), a pause of a minute or more
+    for a large model on a GPU. With it, the first compile is already for any N.
+    """
+    move = dict(device=device, non_blocking=True)
+    cu = None
+    if batch.cu_seqlens is not None:
+        cu = batch.cu_seqlens.to(**move)
+        torch._dynamo.maybe_mark_dynamic(cu, 0)
+    return dict(input_ids=batch.input_ids.to(**move), labels=batch.labels.to(**move),
+                cu_seqlens=cu)
 
 
 def default_loader_factory():
@@ -107,6 +127,7 @@ class Trainer:
         self.total_steps = config.total_steps(info.world_size)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = build_lm(config, meta["vocab_size"]).to(device)
+        self.flops_per_token = model_flops_per_token(self.model, config.seq_len)
         rho = config.dynamics_lr_ratio or getattr(self.model.config, "dynamics_lr_ratio", 1.0)
         if config.float8:
             convert_to_float8(self.model)
@@ -162,10 +183,7 @@ class Trainer:
 
     # ---- steps ------------------------------------------------------------------------------
     def _batch(self, batch) -> dict:
-        move = dict(device=self.device, non_blocking=True)
-        cu = None if batch.cu_seqlens is None else batch.cu_seqlens.to(**move)
-        return dict(input_ids=batch.input_ids.to(**move), labels=batch.labels.to(**move),
-                    cu_seqlens=cu)
+        return device_batch(batch, self.device)
 
     def train_step(self) -> dict:
         """One optimizer step (see the module docstring); returns its metrics."""
@@ -234,7 +252,7 @@ def train(config: TrainConfig, *, resume: bool = False, make_loader: Optional[Ca
     device = resolve_device(config.device)
     info = init_parallel(device.type)
     try:
-        if device.type == "cuda" and info.world_size > 1:
+        if device.type == "cuda" and info.distributed:
             device = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(device)
         return _run(Trainer(config, info, device, make_loader), resume, progress)
@@ -266,7 +284,10 @@ def _run(trainer: Trainer, resume: bool, progress: bool) -> RunResult:
             timed_tokens, timed_s = timed_tokens + tokens_per_step, timed_s + elapsed
         metrics.update(tokens=trainer.step * tokens_per_step,
                        tokens_per_s=tokens_per_step / elapsed,
+                       model_tflops=trainer.flops_per_token * tokens_per_step / elapsed / 1e12,
                        elapsed_s=time.perf_counter() - start)
+        if trainer.device.type == "cuda":
+            metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**30
         result.losses.append(metrics["loss"])
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}",
@@ -289,4 +310,5 @@ def _run(trainer: Trainer, resume: bool, progress: bool) -> RunResult:
     trainer.save_final_model()
     if timed_s > 0:
         result.tokens_per_s = timed_tokens / timed_s
+        result.model_tflops = trainer.flops_per_token * result.tokens_per_s / 1e12
     return result

@@ -1,7 +1,9 @@
 """The run's metrics log: one JSON object per line in ``RUN_DIR/metrics.jsonl``.
 
 Training lines: {"step", "loss", "aux_loss", "lr", "grad_norm", "tokens", "tokens_per_s",
-"elapsed_s"}; evaluation lines: {"step", "val_loss", "val_ppl"} (val_ppl = exp(val_loss)).
+"model_tflops", "elapsed_s"} (model_tflops: ``cdssm.training.flops`` FLOPs per token × tokens/s),
+plus "peak_mem_gib" on CUDA (the peak of allocated memory so far); evaluation lines: {"step",
+"val_loss", "val_ppl"} (val_ppl = exp(val_loss)).
 """
 
 import json

@@ -1,8 +1,10 @@
 """Data parallelism under torchrun: the process group from the environment, FSDP2 on CUDA, DDP
 on CPU, and the few collectives the trainer needs.
 
-A run started by ``torchrun --nproc_per_node N -m cdssm train`` sees RANK, LOCAL_RANK and
-WORLD_SIZE; without them (or with WORLD_SIZE = 1) everything here is the identity.
+A run started by ``torchrun --nproc_per_node N -m cdssm train`` sees RANK, LOCAL_RANK,
+WORLD_SIZE and TORCHELASTIC_RUN_ID: it joins the process group and wraps the model, even for
+N = 1 (so one GPU runs the FSDP2 code path). A plain process (no WORLD_SIZE, or WORLD_SIZE = 1
+outside torchrun) is not distributed: everything here is then the identity.
 """
 
 import contextlib
@@ -16,13 +18,15 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ParallelInfo:
-    """rank, local_rank and world_size of this process; ``owns_group``: whether ``init_parallel``
-    created the process group (and ``close_parallel`` destroys it)."""
+    """rank, local_rank and world_size of this process; ``distributed``: whether it is in a
+    process group (the model is wrapped for data parallelism); ``owns_group``: whether
+    ``init_parallel`` created the group (and ``close_parallel`` destroys it)."""
 
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
     owns_group: bool = False
+    distributed: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -31,15 +35,16 @@ class ParallelInfo:
 
 
 def init_parallel(device_type: str) -> ParallelInfo:
-    """Joins the process group of a torchrun launch (nccl on CUDA, gloo on CPU)."""
+    """Joins the process group of a torchrun launch (nccl on CUDA, gloo on CPU): when
+    WORLD_SIZE > 1, or under torchrun (TORCHELASTIC_RUN_ID set) with any WORLD_SIZE."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if world_size == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return ParallelInfo()
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return ParallelInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")),
-                        dist.get_world_size(), owns)
+                        dist.get_world_size(), owns, distributed=True)
 
 
 def close_parallel(info: ParallelInfo) -> None:
@@ -69,12 +74,12 @@ def wrap_data_parallel(model: nn.Module, device: torch.device, info: ParallelInf
                        compile_model: bool) -> nn.Module:
     """Compiles (``fullgraph=True``, in place), shards or replicates ``model``; returns the callable.
 
-    One rank: the model itself. CUDA: FSDP2 (``fully_shard``) per block and at the root, each
-    block compiled first (FSDP's hooks sit between blocks, outside the graphs); fp32 parameters
+    Not distributed: the model itself. CUDA: FSDP2 (``fully_shard``) per block and at the root,
+    each block compiled first (FSDP's hooks sit between blocks, outside the graphs); fp32 parameters
     and gradient reduction (bf16 comes from autocast). CPU: DDP over gloo around the compiled
     model; the state-energy EMA buffers are synchronised by the trainer, not broadcast.
     """
-    if info.world_size > 1 and device.type == "cuda":
+    if info.distributed and device.type == "cuda":
         from torch.distributed.fsdp import fully_shard
 
         for block in model.blocks:
@@ -85,7 +90,7 @@ def wrap_data_parallel(model: nn.Module, device: torch.device, info: ParallelInf
         return model
     if compile_model:
         model.compile(fullgraph=True)
-    if info.world_size > 1:
+    if info.distributed:
         return nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     return model
 

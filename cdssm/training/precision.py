@@ -32,21 +32,28 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+def float8_eligible(module: nn.Module, tied: torch.Tensor) -> bool:
+    """Whether a layer trains in float8: an nn.Linear, not the head tied to the embedding
+    (``tied``, its weight), with in and out features K, N multiples of 16 (the float8 matmul's
+    requirement), both >= 512, and not K <= 4096 with N <= 1024 (torchao's size rule for
+    tensorwise scaling on H100: there casting costs more than the float8 matmul saves; the
+    memory-bound gate and readout layers of a CD-SSM block are the small ones)."""
+    if not isinstance(module, nn.Linear) or module.weight is tied:
+        return False
+    K, N = module.in_features, module.out_features
+    return K % 16 == 0 and N % 16 == 0 and min(K, N) >= 512 and not (K <= 4096 and N <= 1024)
+
+
 def convert_to_float8(model: nn.Module) -> None:
-    """torchao ``convert_to_float8_training`` on every Linear whose in and out features are
-    multiples of 16, except the head tied to the embedding. torchao is imported here only."""
+    """torchao ``convert_to_float8_training`` (dynamic tensorwise scaling) on every layer that
+    ``float8_eligible`` admits. torchao is imported here only."""
     try:
         from torchao.float8 import convert_to_float8_training
     except ImportError as error:
         raise ValueError("float8: needs torchao, which is not installed (pip install torchao, "
                          "or drop --float8)") from error
     tied = model.lm_head.weight
-
-    def eligible(module: nn.Module, fqn: str) -> bool:
-        return (isinstance(module, nn.Linear) and module.weight is not tied
-                and module.in_features % 16 == 0 and module.out_features % 16 == 0)
-
-    convert_to_float8_training(model, module_filter_fn=eligible)
+    convert_to_float8_training(model, module_filter_fn=lambda m, fqn: float8_eligible(m, tied))
 
 
 def checkpoint_blocks(model: nn.Module) -> None:
