@@ -220,3 +220,18 @@ def test_plot_several_runs_side_by_side(tmp_path, capsys):
     with pytest.raises(SystemExit):  # no train records: no token axis
         main(["plot", runs[0], str(tmp_path / "val-only"), "--out", str(png)])
     assert "cannot be placed on the token axis" in capsys.readouterr().err
+
+
+def test_resume_with_more_steps_follows_the_new_schedule(data_dir, tmp_path):
+    """Extending a finished run: the first resumed step already uses the longer schedule."""
+    from cdssm.training.optim import lr_factor
+
+    run = dict(warmup_steps=2, eval_every=0, eval_batches=1, min_lr_ratio=0.1)
+    train(tiny(data_dir, tmp_path, steps=4, **run), make_loader=ShardLoader, progress=False)
+    train(tiny(data_dir, tmp_path, steps=6, **run), resume=True, make_loader=ShardLoader,
+          progress=False)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(str(tmp_path)) if "lr" in r}
+    lr = TINY["lr"]
+    assert lrs[4] == pytest.approx(lr * lr_factor(3, 2, 4, 0.1))  # the first run's schedule
+    for step in (5, 6):  # the extended schedule from the first resumed step on
+        assert lrs[step] == pytest.approx(lr * lr_factor(step - 1, 2, 6, 0.1))

@@ -169,6 +169,11 @@ class Trainer:
         set_model_state_dict(self.model, saved["model"], options=options)
         set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=options)
         self.scheduler.load_state_dict(saved["scheduler"])
+        # The optimizer's saved lr is the saved run's schedule; a resumed run may set a different
+        # length (--steps), so take the first step's lr from this run's schedule.
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
         self.train_loader.load_state_dict(saved["loader"][self.info.rank])
         set_rng_state(saved["rng"][self.info.rank])
         self.step = saved["step"]
