@@ -104,6 +104,20 @@ def measure(step, warmup, repeats, lock):
     return ms, peak
 
 
+def top_kernels(step, steps: int = 2, top: int = 15) -> list:
+    """[(device ms per step, calls per step, kernel name)] of the ``top`` costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    return [(e.device_time_total / 1e3 / steps, e.count // steps, e.key[:90])
+            for e in events[:top]]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,6 +129,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--parts", nargs="+", choices=("linears", "lm"), default=["linears", "lm"])
+    p.add_argument("--profile", action="store_true",
+                   help="also list the costliest kernels of each lm step (torch.profiler)")
     p.add_argument("--lock", help="GPU lock file shared with concurrent benchmarks")
     p.add_argument("--json", default="runs/bench_float8.json")
     a = p.parse_args(argv)
@@ -130,7 +147,7 @@ def main(argv=None):
               "n_layers": a.n_layers, "seq_len": a.seq_len, "tokens_per_step": tokens,
               "rows": []}
     for arch in a.archs:
-        for part in ("linears", "lm"):
+        for part in a.parts:
             row = {"arch": arch, "part": part}
             for float8 in (False, True):
                 name = "float8" if float8 else "bf16"
@@ -144,6 +161,12 @@ def main(argv=None):
                         step, flops = lm_step(model, a.batch_size, a.seq_len, float8), None
                     ms, mem = measure(step, a.warmup, a.repeats, a.lock)
                     row[name] = {"ms": ms, "peak_gib": mem, "ktok_per_s": tokens / ms}
+                    if a.profile and part == "lm":
+                        with gpu_lock(a.lock):
+                            row[name]["kernels"] = top_kernels(step)
+                        print(f"{arch} {name}: costliest kernels, ms per step of {ms:.1f}")
+                        for k_ms, calls, kernel in row[name]["kernels"]:
+                            print(f"  {k_ms:8.2f} {calls:5d}  {kernel}")
                     if flops:
                         row[name]["tflops"] = flops / ms / 1e9
                 except torch.OutOfMemoryError:
