@@ -58,7 +58,7 @@ def plot_losses(run_dirs: Union[str, Sequence[str]], out: Optional[str] = None) 
         ax.grid(alpha=0.3)
         ax.legend()
     else:
-        fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120, sharey=True)
+        fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
         for name, train, val in runs:
             tokens = _tokens_per_step(train)
             line, = ax_train.plot([r["tokens"] for r in train], [r["loss"] for r in train],
@@ -67,10 +67,10 @@ def plot_losses(run_dirs: Union[str, Sequence[str]], out: Optional[str] = None) 
                         markersize=3, color=line.get_color(), label=name)
         for ax, title in ((ax_train, "train loss (CE + metabolic)"), (ax_val, "val loss (CE)")):
             ax.set_xlabel("training tokens")
+            ax.set_ylabel("cross-entropy (nats/token)")
             ax.set_title(title)
             ax.grid(alpha=0.3)
             ax.legend()
-        ax_train.set_ylabel("cross-entropy (nats/token)")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
