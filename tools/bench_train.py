@@ -118,8 +118,9 @@ def main(argv=None):
         p.error("--skip: expected >= 1 (the first step compiles); --steps >= --skip + 2")
     overrides = {k: getattr(a, k) for k in ("d_model", "n_layers", "seq_len", "batch_size",
                                             "grad_accum") if getattr(a, k) is not None}
-    overrides.update(data_dir=a.data_dir, device=a.device, compile=True, packed=a.packed or a.packed_before_fix,
-                     eval_every=0, checkpoint_every=0, steps=a.steps)
+    overrides.update(data_dir=a.data_dir, device=a.device, compile=True,
+                     packed=a.packed or a.packed_before_fix, eval_every=0, checkpoint_every=0,
+                     steps=a.steps)
     measured_peak = float("nan")
     if a.device == "cuda":
         with gpu_lock(a.lock):
