@@ -231,12 +231,13 @@ def main(argv=None):
     p.add_argument("--prefill-context", type=int, default=32768)
     p.add_argument("--variants", nargs="+",
                    default=["eager", "compiled", "cudagraph", "compiled+graph", "aoti"])
+    p.add_argument("--transformer-variants", nargs="+", default=["eager", "static", "static+graph"])
     p.add_argument("--json", default="runs/bench_decode.json")
     a = p.parse_args(argv)
-    if not torch.cuda.is_available():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
     torch.manual_seed(0)
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    result = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE, "torch": torch.__version__,
               "cuda": torch.version.cuda, "dtype": "bfloat16", "d_model": D_MODEL,
               "n_layers": N_LAYERS, "vocab": VOCAB, "steps": a.steps, "repeats": a.repeats,
               "rows": [], "prefill": [], "checks": {}, "setup_s": {}}
@@ -251,64 +252,25 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         save()
 
-    # ---- CD-SSM ----------------------------------------------------------------------------
-    cd = CDSSMForCausalLM(CDSSMConfig(D_MODEL, N_LAYERS, 2048, VOCAB)).to(DEVICE).to(DTYPE).eval()
-    compiled = torch.compile(cd, fullgraph=True)
-    steps = {"eager": model_step(cd), "compiled": model_step(compiled)}
-    if "aoti" in a.variants:
-        start = time.perf_counter()
-        program = export_programs(cd)["decode"]
-        path = os.path.join(tempfile.mkdtemp(), "decode.pt2")
-        torch._inductor.aoti_compile_and_package(program, package_path=path)
-        steps["aoti"] = torch._inductor.aoti_load_package(path)
-        result["setup_s"]["aoti_export_compile"] = time.perf_counter() - start
-    for B in a.batches:
-        for L in a.contexts:
-            state, prefill_ms = cdssm_prefill(cd, L, B, a.prefill_tokens)
-            result["prefill"].append({"arch": "cdssm", "L": L, "B": B, "ms": prefill_ms,
-                                      "tok_per_s": B * L / prefill_ms * 1e3})
-            print(json.dumps(result["prefill"][-1]), flush=True)
-            tokens = torch.randint(0, VOCAB, (B,), device=DEVICE)
-            reference = None
-            for variant in a.variants:
-                start = time.perf_counter()
-                if variant in ("cudagraph", "compiled+graph"):
-                    graph = CUDAGraphStep(cd if variant == "cudagraph" else compiled, state)
-                    graph.tokens.copy_(tokens)
-                    fn = graph.graph.replay
-                    first = lambda: (graph(tokens), graph.load(state))[0]
-                else:
-                    fn = Recurrent(steps[variant], tokens, state)
-                    first = lambda: steps[variant](tokens, state)[0]
-                with torch.no_grad():
-                    logits = first().float().clone()
-                if reference is None:
-                    reference = logits
-                setup_s = time.perf_counter() - start  # compile, capture, first step
-                ms = step_ms(fn, a.warmup, a.repeats, a.steps)
-                add({"arch": "cdssm", "variant": variant, "L": L, "B": B, "requested_B": B,
-                     "ms": ms, "tok_per_s": B / ms * 1e3, "setup_s": setup_s,
-                     "max_abs_diff_vs_eager": (logits - reference).abs().max().item()})
-            del state
-    if a.prefill_context:
-        ids = torch.randint(0, VOCAB, (1, a.prefill_context), device=DEVICE)
-        last = torch.tensor([a.prefill_context - 1], device=DEVICE)
+    def prefill_at_context(arch, run):
         with torch.no_grad():
-            run = lambda: cd(ids, state=cd.init_state(1), logit_positions=last)
             run()
             _, ms = timed_once_ms(run)
-        result["prefill_at_context"] = {"cdssm": {"L": a.prefill_context, "ms": ms,
-                                                  "tok_per_s": a.prefill_context / ms * 1e3}}
-    del cd, compiled, steps
-    torch._dynamo.reset()
-    torch.cuda.empty_cache()
+        result["prefill_at_context"][arch] = {"L": a.prefill_context, "ms": ms,
+                                              "tok_per_s": a.prefill_context / ms * 1e3}
+        save()
 
-    # ---- Transformer -----------------------------------------------------------------------
-    tf = TransformerForCausalLM(TransformerConfig(D_MODEL, N_LAYERS, 2048, VOCAB)).to(DEVICE).to(DTYPE)
-    tf.eval()
+    result["prefill_at_context"] = {}
+    ids = torch.randint(0, VOCAB, (1, a.prefill_context), device=DEVICE)
+    last = torch.tensor([a.prefill_context - 1], device=DEVICE)
+
+    # ---- Transformer (first: no compilation) -------------------------------------------------
+    tf = TransformerForCausalLM(TransformerConfig(D_MODEL, N_LAYERS, 2048, VOCAB))
+    tf = tf.to(device=DEVICE, dtype=DTYPE).eval()
     result["checks"]["static_kv_vs_model_max_abs_diff"] = check_static_kv(tf)
+    prefill_at_context("transformer", lambda: tf(ids, logit_positions=last))
     for L in a.contexts:
-        for variant in ("eager", "static", "static+graph"):
+        for variant in a.transformer_variants:
             for B in sorted(a.batches):
                 row, b = None, B
                 while row is None and b >= 1:  # the largest batch up to B whose cache fits
@@ -316,15 +278,50 @@ def main(argv=None):
                     b //= 2
                 add({**(row or {"arch": "transformer", "variant": variant, "L": L, "B": B,
                                  "oom": True}), "requested_B": B})
-    if a.prefill_context:
-        ids = torch.randint(0, VOCAB, (1, a.prefill_context), device=DEVICE)
-        last = torch.tensor([a.prefill_context - 1], device=DEVICE)
-        with torch.no_grad():
-            run = lambda: tf(ids, logit_positions=last)
-            run()
-            _, ms = timed_once_ms(run)
-        result["prefill_at_context"]["transformer"] = {"L": a.prefill_context, "ms": ms,
-                                                       "tok_per_s": a.prefill_context / ms * 1e3}
+    del tf
+    torch.cuda.empty_cache()
+
+    # ---- CD-SSM: every state by real prefill, then the variants, the compiled ones last ------
+    cd = CDSSMForCausalLM(CDSSMConfig(D_MODEL, N_LAYERS, 2048, VOCAB))
+    cd = cd.to(device=DEVICE, dtype=DTYPE).eval()
+    prefill_at_context("cdssm", lambda: cd(ids, state=cd.init_state(1), logit_positions=last))
+    states, next_tokens = {}, {}
+    for B in a.batches:
+        for L in a.contexts:
+            states[B, L], ms = cdssm_prefill(cd, L, B, a.prefill_tokens)
+            next_tokens[B, L] = torch.randint(0, VOCAB, (B,), device=DEVICE)
+            result["prefill"].append({"arch": "cdssm", "L": L, "B": B, "ms": ms,
+                                      "tok_per_s": B * L / ms * 1e3})
+            print(json.dumps(result["prefill"][-1]), flush=True)
+    compiled = torch.compile(cd, fullgraph=True)
+    steps = {"eager": model_step(cd), "compiled": model_step(compiled)}
+    reference = {}
+    for variant in a.variants:
+        if variant == "aoti":
+            start = time.perf_counter()
+            program = export_programs(cd)["decode"]
+            path = os.path.join(tempfile.mkdtemp(), "decode.pt2")
+            torch._inductor.aoti_compile_and_package(program, package_path=path)
+            steps["aoti"] = torch._inductor.aoti_load_package(path)
+            result["setup_s"]["aoti_export_compile"] = time.perf_counter() - start
+        for (B, L), state in states.items():
+            tokens = next_tokens[B, L]
+            start = time.perf_counter()
+            with torch.no_grad():
+                if variant in ("cudagraph", "compiled+graph"):
+                    graph = CUDAGraphStep(cd if variant == "cudagraph" else compiled, state)
+                    logits = graph(tokens).float()
+                    graph.load(state)
+                    fn = graph.graph.replay
+                else:
+                    logits = steps[variant](tokens, state)[0].float()
+                    fn = Recurrent(steps[variant], tokens, state)
+            setup_s = time.perf_counter() - start  # compile, capture, first step
+            diff = (logits - reference.setdefault((B, L), logits)).abs().max().item()
+            ms = step_ms(fn, a.warmup, a.repeats, a.steps)
+            add({"arch": "cdssm", "variant": variant, "L": L, "B": B, "requested_B": B,
+                 "ms": ms, "tok_per_s": B / ms * 1e3, "setup_s": setup_s,
+                 "max_abs_logit_diff_vs_first_variant": diff})
     save()
     print_table(result, a)
     print(f"wrote {a.json}")
