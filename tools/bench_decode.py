@@ -119,35 +119,64 @@ class StaticKVDecode:
 
     k, v: (n_layers, B, H, S, D) with S = capacity; pos (B,) int64: the next slot. One call
     embeds tokens (B,), per layer writes the new key/value at ``pos`` and attends over the slots
-    ≤ pos (bool mask), then advances ``pos``: the same math as the model's KV-cache decode with
-    a static layout, so it can be captured in a CUDA graph.
+    ≤ pos (SDPA with a bool mask), then advances ``pos``: the same math as the model's KV-cache
+    decode with a static layout, so it can be captured in a CUDA graph.
     """
 
     def __init__(self, model, k, v, filled: int):
         self.model, self.k, self.v = model, k, v
-        B, S = k.shape[1], k.shape[3]
+        B = k.shape[1]
         self.tokens = torch.zeros(B, dtype=torch.int64, device=k.device)
         self.pos = torch.full((B,), filled, dtype=torch.int64, device=k.device)
         self.rows = torch.arange(B, device=k.device)
-        self.slots = torch.arange(S, device=k.device)
+        self.slots = torch.arange(self.capacity, device=k.device)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def attend(self, i: int, q, k, v):
+        """Writes layer i's new k, v (B, H, 1, D) at ``pos``; y (B, H, 1, D) over slots ≤ pos."""
+        self.k[i][self.rows, :, self.pos] = k[:, :, 0]
+        self.v[i][self.rows, :, self.pos] = v[:, :, 0]
+        mask = (self.slots <= self.pos[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        return F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask)
 
     @torch.no_grad()
     def __call__(self):
         m, c = self.model, self.model.config
         B, H, D = self.tokens.shape[0], c.n_heads, c.head_dim
         cos, sin = rotary_tables(self.pos[:, None], D, c.rope_base, torch.float32)
-        mask = (self.slots <= self.pos[:, None])[:, None, None, :]  # (B, 1, 1, S)
         x = m.embed(self.tokens[:, None])
         for i, block in enumerate(m.blocks):
             q, k, v = block.attn.qkv(block.attn_norm(x)).view(B, 1, 3, H, D).permute(2, 0, 3, 1, 4)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            self.k[i][self.rows, :, self.pos] = k[:, :, 0]
-            self.v[i][self.rows, :, self.pos] = v[:, :, 0]
-            y = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask)
+            y = self.attend(i, q, k, v)
             x = x + block.attn.out(y.transpose(1, 2).reshape(B, 1, H * D))
             x = x + block.mlp(block.mlp_norm(x))
         self.pos += 1
         return m.lm_head(m.norm(x))[:, -1]
+
+
+class FlashKVDecode(StaticKVDecode):
+    """``StaticKVDecode`` with k, v (n_layers, B, S, H, D) and FlashAttention-2's varlen kernel
+    (``aten._flash_attention_forward`` with ``seqused_k`` = pos + 1): it reads only the filled
+    slots of each sequence, with no mask, and stays capturable (CUDA only)."""
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def attend(self, i: int, q, k, v):
+        B, H, _, D = q.shape
+        S = self.capacity
+        self.k[i][self.rows, self.pos] = k[:, :, 0]
+        self.v[i][self.rows, self.pos] = v[:, :, 0]
+        cu_q = torch.arange(B + 1, dtype=torch.int32, device=q.device)
+        y = torch.ops.aten._flash_attention_forward(
+            q.reshape(B, H, D), self.k[i].view(B * S, H, D), self.v[i].view(B * S, H, D),
+            cu_q, cu_q * S, 1, S, 0.0, False, False, seqused_k=(self.pos + 1).to(torch.int32))[0]
+        return y.view(B, H, 1, D)
 
 
 class GraphedStatic:
@@ -171,16 +200,20 @@ class GraphedStatic:
 
 
 @torch.no_grad()
-def check_static_kv(model) -> float:
-    """Max |logits| difference of StaticKVDecode vs the model's own KV-cache decode."""
+def check_static_kv(model, flash: bool) -> float:
+    """Max |logits| difference of StaticKVDecode (or FlashKVDecode) vs the model's own KV-cache
+    decode, one step after 37 tokens, B = 2."""
     B, L = 2, 37
     ids = torch.randint(0, VOCAB, (B, L + 1), device=DEVICE)
     out = model(ids[:, :L], state=model.init_state(B))
     ref = model(ids[:, L:], state=out.state).logits[:, -1].float()
-    k = torch.zeros(*out.state.k.shape[:3], L + 4, out.state.k.shape[4], device=DEVICE, dtype=DTYPE)
+    n, _, H, _, D = out.state.k.shape
+    k = torch.zeros(n, B, H, L + 4, D, device=DEVICE, dtype=DTYPE)
     v = torch.zeros_like(k)
     k[:, :, :, :L], v[:, :, :, :L] = out.state.k, out.state.v
-    step = StaticKVDecode(model, k, v, L)
+    if flash:
+        k, v = k.transpose(2, 3).contiguous(), v.transpose(2, 3).contiguous()
+    step = (FlashKVDecode if flash else StaticKVDecode)(model, k, v, L)
     step.tokens.copy_(ids[:, L])
     return (step().float() - ref).abs().max().item()
 
@@ -192,6 +225,8 @@ def transformer_row(model, variant: str, L: int, B: int, a) -> dict:
     c = model.config
     extra = 0 if variant == "eager" else a.warmup + a.steps * a.repeats + 2
     shape = (c.n_layers, B, c.n_heads, L + extra, c.head_dim)
+    if variant.startswith("flash"):
+        shape = (c.n_layers, B, L + extra, c.n_heads, c.head_dim)
     k = torch.randn(shape, device=DEVICE, dtype=DTYPE)
     v = torch.randn(shape, device=DEVICE, dtype=DTYPE)
     steps = a.steps
@@ -201,8 +236,8 @@ def transformer_row(model, variant: str, L: int, B: int, a) -> dict:
                        KVCache(k, v, valid))
         steps = max(2, a.steps // 4)
     else:
-        fn = StaticKVDecode(model, k, v, L)
-        if variant == "static+graph":
+        fn = (FlashKVDecode if variant.startswith("flash") else StaticKVDecode)(model, k, v, L)
+        if variant.endswith("+graph"):
             fn = GraphedStatic(fn)
     ms = step_ms(fn, 1, a.repeats, steps)
     return {"arch": "transformer", "variant": variant, "L": L, "B": B, "ms": ms,
@@ -210,10 +245,13 @@ def transformer_row(model, variant: str, L: int, B: int, a) -> dict:
 
 
 def guarded(fn):
+    """fn(), or None when it ran out of memory, or {"error": ...} when it failed otherwise."""
     try:
         return fn()
     except torch.OutOfMemoryError:
         return None
+    except RuntimeError as error:
+        return {"error": str(error)[:300]}
     finally:
         torch.cuda.empty_cache()
 
@@ -231,7 +269,8 @@ def main(argv=None):
     p.add_argument("--prefill-context", type=int, default=32768)
     p.add_argument("--variants", nargs="+",
                    default=["eager", "compiled", "cudagraph", "compiled+graph", "aoti"])
-    p.add_argument("--transformer-variants", nargs="+", default=["eager", "static", "static+graph"])
+    p.add_argument("--transformer-variants", nargs="+",
+                   default=["eager", "static", "static+graph", "flash", "flash+graph"])
     p.add_argument("--json", default="runs/bench_decode.json")
     a = p.parse_args(argv)
     if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -267,7 +306,12 @@ def main(argv=None):
     # ---- Transformer (first: no compilation) -------------------------------------------------
     tf = TransformerForCausalLM(TransformerConfig(D_MODEL, N_LAYERS, 2048, VOCAB))
     tf = tf.to(device=DEVICE, dtype=DTYPE).eval()
-    result["checks"]["static_kv_vs_model_max_abs_diff"] = check_static_kv(tf)
+    for flash in (False, True):
+        name = f"{'flash' if flash else 'static'}_kv_vs_model_max_abs_logit_diff"
+        try:
+            result["checks"][name] = check_static_kv(tf, flash)
+        except RuntimeError as error:  # e.g. no flash kernel for this device
+            result["checks"][name] = f"error: {str(error)[:200]}"
     prefill_at_context("transformer", lambda: tf(ids, logit_positions=last))
     for L in a.contexts:
         for variant in a.transformer_variants:
@@ -276,8 +320,8 @@ def main(argv=None):
                 while row is None and b >= 1:  # the largest batch up to B whose cache fits
                     row = guarded(lambda: transformer_row(tf, variant, L, b, a))
                     b //= 2
-                add({**(row or {"arch": "transformer", "variant": variant, "L": L, "B": B,
-                                 "oom": True}), "requested_B": B})
+                add({"arch": "transformer", "variant": variant, "L": L, "B": B, "oom": row is None,
+                     **(row or {}), "requested_B": B})
     del tf
     torch.cuda.empty_cache()
 
@@ -322,8 +366,8 @@ def main(argv=None):
             add({"arch": "cdssm", "variant": variant, "L": L, "B": B, "requested_B": B,
                  "ms": ms, "tok_per_s": B / ms * 1e3, "setup_s": setup_s,
                  "max_abs_logit_diff_vs_first_variant": diff})
-    save()
     print_table(result, a)
+    save()
     print(f"wrote {a.json}")
 
 
@@ -341,8 +385,8 @@ def print_table(result, a):
                       == (arch, variant, B, L)), None)
             if r is None:
                 cells.append("-")
-            elif r.get("oom"):
-                cells.append("OOM")
+            elif "ms" not in r:
+                cells.append("OOM" if r.get("oom") else "error")
             else:
                 b = "" if r["B"] == B else f" B={r['B']}"
                 cells.append(f"{r['ms']:.3f}ms {r['tok_per_s'] / 1e3:.1f}k{b}")
@@ -352,7 +396,7 @@ def print_table(result, a):
     for L in a.contexts:
         best = {}
         for arch in ("cdssm", "transformer"):
-            ok = [r for r in rows if r["arch"] == arch and r["L"] == L and not r.get("oom")]
+            ok = [r for r in rows if r["arch"] == arch and r["L"] == L and "tok_per_s" in r]
             if ok:
                 best[arch] = max(ok, key=lambda r: r["tok_per_s"])
         if len(best) == 2:
