@@ -218,6 +218,35 @@ def check_static_kv(model, flash: bool) -> float:
     return (step().float() - ref).abs().max().item()
 
 
+def aoti_decode(model):
+    """The loaded AOTInductor package of ``model``'s decode program (cdssm.inference.export)."""
+    program = export_programs(model)["decode"]
+    path = os.path.join(tempfile.mkdtemp(), "decode.pt2")
+    torch._inductor.aoti_compile_and_package(program, package_path=path)
+    return torch._inductor.aoti_load_package(path)
+
+
+def cdssm_row(variant, steps, model, compiled, state, tokens, reference, key, a) -> dict:
+    """Times one CD-SSM decode variant from ``state``; the first variant's logits for ``key``
+    are the reference of the others'."""
+    B = tokens.shape[0]
+    start = time.perf_counter()
+    with torch.no_grad():
+        if variant in ("cudagraph", "compiled+graph"):
+            graph = CUDAGraphStep(model if variant == "cudagraph" else compiled, state)
+            logits = graph(tokens).float()
+            graph.load(state)
+            fn = graph.graph.replay
+        else:
+            logits = steps[variant](tokens, state)[0].float()
+            fn = Recurrent(steps[variant], tokens, state)
+    setup_s = time.perf_counter() - start  # compile, capture, first step
+    diff = (logits - reference.setdefault(key, logits)).abs().max().item()
+    ms = step_ms(fn, a.warmup, a.repeats, a.steps)
+    return {"ms": ms, "tok_per_s": B / ms * 1e3, "setup_s": setup_s,
+            "max_abs_logit_diff_vs_first_variant": diff}
+
+
 def transformer_row(model, variant: str, L: int, B: int, a) -> dict:
     """Times one Transformer decode variant with a cache of L random positions for B sequences."""
     from cdssm.models.attention import KVCache
@@ -250,8 +279,8 @@ def guarded(fn):
         return fn()
     except torch.OutOfMemoryError:
         return None
-    except RuntimeError as error:
-        return {"error": str(error)[:300]}
+    except Exception as error:  # a variant that fails is reported, the others still run
+        return {"error": f"{type(error).__name__}: {str(error)[:300]}"}
     finally:
         torch.cuda.empty_cache()
 
@@ -268,7 +297,8 @@ def main(argv=None):
                    help="at most this many tokens per CD-SSM prefill call")
     p.add_argument("--prefill-context", type=int, default=32768)
     p.add_argument("--variants", nargs="+",
-                   default=["eager", "compiled", "cudagraph", "compiled+graph", "aoti"])
+                   default=["eager", "cudagraph", "compiled", "compiled+graph", "aoti"],
+                   help="CD-SSM variants, timed in this order (compiling ones last)")
     p.add_argument("--transformer-variants", nargs="+",
                    default=["eager", "static", "static+graph", "flash", "flash+graph"])
     p.add_argument("--json", default="runs/bench_decode.json")
@@ -343,29 +373,13 @@ def main(argv=None):
     for variant in a.variants:
         if variant == "aoti":
             start = time.perf_counter()
-            program = export_programs(cd)["decode"]
-            path = os.path.join(tempfile.mkdtemp(), "decode.pt2")
-            torch._inductor.aoti_compile_and_package(program, package_path=path)
-            steps["aoti"] = torch._inductor.aoti_load_package(path)
+            steps["aoti"] = aoti_decode(cd)
             result["setup_s"]["aoti_export_compile"] = time.perf_counter() - start
         for (B, L), state in states.items():
-            tokens = next_tokens[B, L]
-            start = time.perf_counter()
-            with torch.no_grad():
-                if variant in ("cudagraph", "compiled+graph"):
-                    graph = CUDAGraphStep(cd if variant == "cudagraph" else compiled, state)
-                    logits = graph(tokens).float()
-                    graph.load(state)
-                    fn = graph.graph.replay
-                else:
-                    logits = steps[variant](tokens, state)[0].float()
-                    fn = Recurrent(steps[variant], tokens, state)
-            setup_s = time.perf_counter() - start  # compile, capture, first step
-            diff = (logits - reference.setdefault((B, L), logits)).abs().max().item()
-            ms = step_ms(fn, a.warmup, a.repeats, a.steps)
+            row = guarded(lambda: cdssm_row(variant, steps, cd, compiled, state,
+                                            next_tokens[B, L], reference, (B, L), a))
             add({"arch": "cdssm", "variant": variant, "L": L, "B": B, "requested_B": B,
-                 "ms": ms, "tok_per_s": B / ms * 1e3, "setup_s": setup_s,
-                 "max_abs_logit_diff_vs_first_variant": diff})
+                 "oom": row is None, **(row or {})})
     print_table(result, a)
     save()
     print(f"wrote {a.json}")

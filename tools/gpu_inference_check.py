@@ -63,65 +63,89 @@ def main(argv=None):
         rows.append({"check": name, "ok": bool(ok), "detail": detail})
         print(f"{'PASS' if ok else 'FAIL'} {name} {detail}", flush=True)
 
-    for name, model in (("P=1", tiny_cdssm()), ("P=2", tiny_cdssm(2)),
-                        ("P=1 bf16", tiny_cdssm().to(torch.bfloat16))):
+    def attempt(name, check):
+        """Runs check(); an exception is a failure of ``name``, and the next checks still run."""
+        try:
+            check()
+        except Exception as error:
+            record(name, False, f"{type(error).__name__}: {str(error)[:300]}")
+
+    def cuda_graph_tokens(name, model):
         model = model.cuda()
         for kw in SAMPLING:
             eager = generate(model, PROMPTS, 16, **kw)
             graphed = generate(model, PROMPTS, 16, cuda_graph=True, **kw)
             record(f"cudagraph {name} {kw}", graphed == eager, f"{sum(map(len, eager))} tokens")
 
-    transformer = redrawn(build_model("transformer", 128, 2, 256, 50257)).cuda()
-    try:
-        generate(transformer, PROMPTS, 4, cuda_graph=True)
-        record("transformer cuda_graph raises", False, "no error")
-    except ValueError as error:
-        record("transformer cuda_graph raises", "fixed shapes" in str(error), str(error)[:80])
+    for name, make in (("P=1", tiny_cdssm), ("P=2", lambda: tiny_cdssm(2)),
+                       ("P=1 bf16", lambda: tiny_cdssm().to(torch.bfloat16))):
+        attempt(f"cudagraph {name}", lambda: cuda_graph_tokens(name, make()))
+
+    def transformer_refuses():
+        transformer = redrawn(build_model("transformer", 128, 2, 256, 50257)).cuda()
+        try:
+            generate(transformer, PROMPTS, 4, cuda_graph=True)
+            record("transformer cuda_graph raises", False, "no error")
+        except ValueError as error:
+            record("transformer cuda_graph raises", "fixed shapes" in str(error),
+                   str(error)[:80])
+
+    attempt("transformer cuda_graph raises", transformer_refuses)
 
     work = tempfile.mkdtemp()
     model = tiny_cdssm()
     checkpoint, package = os.path.join(work, "checkpoint"), os.path.join(work, "package")
     model.save_pretrained(checkpoint)
-    export_packages(model, package, device="cuda", progress=False)
-    packaged = PackagedLM(package)
     model = model.cuda()
-    for kw in SAMPLING:
-        eager, got = generate(model, PROMPTS, 16, **kw), generate(packaged, PROMPTS, 16, **kw)
-        record(f"aoti cuda package {kw}", got == eager, f"{sum(map(len, eager))} tokens")
 
-    options = ["--prompt", "The state of the art", "--max-new-tokens", "16", "--seed", "2",
-               "--print-ids"]
-    outputs = {}
-    for source in (["--package", package], ["--checkpoint", checkpoint, "--device", "cuda"],
-                   ["--checkpoint", checkpoint, "--device", "cuda", "--cuda-graph"]):
-        result = subprocess.run([sys.executable, "-m", "cdssm", "generate", *source, *options],
-                                capture_output=True, text=True, timeout=300)
-        outputs[" ".join(source[:1] + source[2:])] = result.stdout if result.returncode == 0 \
-            else f"error {result.returncode}: {result.stderr[-300:]}"
-    record("cli generate --package == --checkpoint == --cuda-graph",
-           len(set(outputs.values())) == 1 and "ids:" in next(iter(outputs.values())),
-           json.dumps(outputs)[:400])
+    def package_tokens():
+        export_packages(model, package, device="cuda", progress=False)
+        packaged = PackagedLM(package)
+        for kw in SAMPLING:
+            eager, got = generate(model, PROMPTS, 16, **kw), generate(packaged, PROMPTS, 16, **kw)
+            record(f"aoti cuda package {kw}", got == eager, f"{sum(map(len, eager))} tokens")
 
-    if shutil.which("cmake"):
+    attempt("aoti cuda package", package_tokens)
+
+    def cli_outputs():
+        options = ["--prompt", "The state of the art", "--max-new-tokens", "16", "--seed", "2",
+                   "--print-ids"]
+        outputs = {}
+        for source in (["--package", package], ["--checkpoint", checkpoint, "--device", "cuda"],
+                       ["--checkpoint", checkpoint, "--device", "cuda", "--cuda-graph"]):
+            result = subprocess.run([sys.executable, "-m", "cdssm", "generate", *source,
+                                     *options], capture_output=True, text=True, timeout=300)
+            outputs[" ".join(source[:1] + source[2:])] = result.stdout \
+                if result.returncode == 0 else f"error {result.returncode}: {result.stderr[-300:]}"
+        record("cli generate --package == --checkpoint == --cuda-graph",
+               len(set(outputs.values())) == 1 and "ids:" in next(iter(outputs.values())),
+               json.dumps(outputs)[:400])
+
+    attempt("cli generate", cli_outputs)
+
+    def cpp_runner():
+        if not shutil.which("cmake"):
+            record("cpp runner on cuda packages (skipped: no cmake)", True)
+            return
         build = os.path.join(work, "build")
-        steps = [["cmake", "-S", os.path.join(ROOT, "tools", "aoti_runner"), "-B", build,
-                  "-DCMAKE_BUILD_TYPE=Release",
-                  f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
-                 ["cmake", "--build", build, "-j8"]]
-        built = all(subprocess.run(s, capture_output=True, text=True, timeout=300).returncode == 0
-                    for s in steps)
-        if built:
-            prompt = PROMPTS[0]
-            result = subprocess.run([os.path.join(build, "aoti_runner"), library_path(), package,
-                                     "12", *map(str, prompt)], capture_output=True, text=True,
-                                    timeout=300)
-            expected = generate(model, [prompt], 12, temperature=0)[0]
-            got = [int(t) for t in result.stdout.split()] if result.returncode == 0 else None
-            record("cpp runner on cuda packages", got == expected, result.stderr[-200:])
-        else:
-            record("cpp runner on cuda packages", False, "cmake build failed")
-    else:
-        record("cpp runner on cuda packages (skipped: no cmake)", True)
+        for command in (["cmake", "-S", os.path.join(ROOT, "tools", "aoti_runner"), "-B", build,
+                         "-DCMAKE_BUILD_TYPE=Release",
+                         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                        ["cmake", "--build", build, "-j8"]):
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if result.returncode:
+                record("cpp runner on cuda packages", False, "build: " + result.stderr[-300:])
+                return
+        prompt = PROMPTS[0]
+        result = subprocess.run([os.path.join(build, "aoti_runner"), library_path(), package,
+                                 "12", *map(str, prompt)], capture_output=True, text=True,
+                                timeout=300)
+        expected = generate(model, [prompt], 12, temperature=0)[0]
+        got = [int(t) for t in result.stdout.split()] if result.returncode == 0 else None
+        record("cpp runner on cuda packages", got == expected,
+               f"{got} vs {expected} {result.stderr[-200:]}")
+
+    attempt("cpp runner on cuda packages", cpp_runner)
 
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as f:
