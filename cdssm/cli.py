@@ -271,9 +271,9 @@ def _add_generate(commands) -> None:
                         help="where an eager model runs (auto: cuda when available); with "
                              "--package it must match the package's device (default: auto, "
                              "which there means the package's)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="parameter dtype of an eager model; the scan state stays fp32 "
-                             "(default: %(default)s)")
+                             "(default: float32; a package keeps the dtype it was exported in)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="decode through one captured CUDA graph per step (CD-SSM on "
                              "cuda; same tokens as without)")
@@ -290,10 +290,14 @@ def _generate(args: argparse.Namespace) -> int:
 
         if args.cuda_graph:
             raise ValueError("--cuda-graph: only for an eager model, not with --package")
+        if args.dtype is not None:
+            raise ValueError("--dtype: not with --package (its dtype was fixed by `cdssm export "
+                             "--dtype`)")
         model = PackagedLM(args.package, None if args.device == "auto" else args.device)
     else:
         model = load_model(args.checkpoint, args.preset, args.arch, args.seed)
-        model = model.to(device=resolve_device(args.device), dtype=DTYPES[args.dtype])
+        model = model.to(device=resolve_device(args.device),
+                         dtype=DTYPES[args.dtype or "float32"])
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
     generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,

@@ -128,6 +128,8 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error
      "device: the package in"),
     (["generate", "--package", "{package}", "--prompt", "x", "--cuda-graph"],
      "--cuda-graph: only for an eager model"),
+    (["generate", "--package", "{package}", "--prompt", "x", "--dtype", "bfloat16"],
+     "--dtype: not with --package"),
     (["generate", "--preset", "tiny", "--prompt", "x", "--device", "cpu", "--cuda-graph"],
      "cuda_graph: needs the model on a CUDA device"),
     (["generate", "--preset", "tiny", "--prompt", "x", "--top-p", "1.5"], "--top-p: expected a "
