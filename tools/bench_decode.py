@@ -7,20 +7,21 @@ decode step = one new token for each of B sequences after a context of L tokens,
 
 CD-SSM: the state is produced by real prefill of L random tokens (packed in calls of at most
 --prefill-tokens tokens, the state carried between calls; logits of the last position only); the
-step's cost does not depend on L. Variants:
+step's cost does not depend on L. Variants, timed in this order (the compiling ones last):
   eager          model(tokens, state) in Python
-  compiled       torch.compile(model, fullgraph=True) (Inductor kernels, Python dispatch)
   cudagraph      cdssm.inference.cuda_graph.CUDAGraphStep: the eager step captured once
+  compiled       torch.compile(model, fullgraph=True) (Inductor kernels, Python dispatch)
   compiled+graph the compiled step captured the same way
   aoti           the decode.pt2 of cdssm.inference.export (AOTInductor, bf16, CUDA)
 Transformer: a KV cache of L positions filled with random keys and values (its step costs the
-same whatever they hold); B is the largest of --batches whose cache fits (else OOM). Variants:
+same whatever they hold); B is the largest of B, B/2, ... whose cache fits (else OOM). Variants:
   eager          the model's own forward with its KVCache (functional: every step copies the
                  cache into a new one with one more slot, as the model implements it)
   static         a preallocated cache of L + steps slots written in place, SDPA over it with
-                 a mask of the filled slots (this tool's ``StaticKVDecode``; checked against
-                 the model's own decode at start)
-  static+graph   the static step captured into a CUDA graph
+                 a mask of the filled slots (this tool's ``StaticKVDecode``)
+  flash          the same cache (B, S, H, D), FlashAttention-2 varlen reading the filled slots
+  static+graph, flash+graph   those steps captured into a CUDA graph
+Both static steps are checked against the model's own KV-cache decode at start.
 Prefill tokens/s at L = --prefill-context, B = 1: the CD-SSM's prefill (with state) and the
 Transformer's forward (flash causal attention), logits of the last position only.
 
@@ -299,7 +300,7 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+",
                    default=["eager", "cudagraph", "compiled", "compiled+graph", "aoti"],
                    help="CD-SSM variants, timed in this order (compiling ones last)")
-    p.add_argument("--transformer-variants", nargs="+",
+    p.add_argument("--transformer-variants", nargs="*",
                    default=["eager", "static", "static+graph", "flash", "flash+graph"])
     p.add_argument("--json", default="runs/bench_decode.json")
     a = p.parse_args(argv)
