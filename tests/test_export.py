@@ -9,6 +9,7 @@ library (``cdssm.ops._library.library_path()``) instead.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -98,14 +99,23 @@ def test_manifest(cdssm_packages):
 
 
 # ---- the C++ runner ---------------------------------------------------------------------------
+def find_tool(name: str):
+    """``name`` on PATH or beside this python (where pip puts the cmake and ninja wheels)."""
+    return shutil.which(name, path=os.pathsep.join([os.path.dirname(sys.executable),
+                                                    os.environ.get("PATH", "")]))
+
+
 @pytest.fixture(scope="session")
 def aoti_runner(tmp_path_factory):
     """tools/aoti_runner built with CMake against the installed torch (once per session)."""
+    cmake, ninja = find_tool("cmake"), find_tool("ninja")
+    assert cmake, "cmake not found: install the test extras (pip install -e '.[test]')"
     build = tmp_path_factory.mktemp("aoti_runner_build")
-    configure = ["cmake", "-S", os.path.join(ROOT, "tools", "aoti_runner"), "-B", str(build),
-                 "-DCMAKE_BUILD_TYPE=Release",
+    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
+    configure = [cmake, "-S", os.path.join(ROOT, "tools", "aoti_runner"), "-B", str(build),
+                 *generator, "-DCMAKE_BUILD_TYPE=Release",
                  f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
-    for command in (configure, ["cmake", "--build", str(build), "-j2"]):
+    for command in (configure, [cmake, "--build", str(build), "-j2"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return str(build / "aoti_runner")
