@@ -283,7 +283,9 @@ def _add_generate(commands) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .inference.commands import DTYPES, generate_text, load_model, resolve_device
+    from .inference.commands import generate_text, load_model
+    from .inference.export import DTYPES
+    from .training.precision import resolve_device
 
     if args.package is not None:
         from .inference.packages import PackagedLM

@@ -11,25 +11,9 @@ import codecs
 import time
 from typing import Optional, TextIO
 
-import torch
-
 from .checkpoints import load_checkpoint_model, preset_model
 from .generate import stream
 from .text import token_text
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" → cuda when available, else cpu; "cuda" without a GPU → ValueError."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device: expected auto, cpu or cuda, got {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but torch sees no CUDA device")
-    return torch.device(device)
-
 
 def load_model(checkpoint: Optional[str], preset: Optional[str], arch: str, seed: int):
     """The model of ``--checkpoint`` or ``--preset`` (exactly one), on CPU."""

@@ -28,6 +28,7 @@ from torch.export import Dim
 
 from ..models.cdssm import CDSSMForCausalLM
 from ..models.pretrained import _atomic_write
+from ..training.precision import resolve_device
 
 MANIFEST_NAME = "manifest.json"
 PROGRAM_FILES = {"prefill": "prefill.pt2", "decode": "decode.pt2"}
@@ -105,8 +106,7 @@ def export_packages(model: CDSSMForCausalLM, out_dir: str, device: str = "cpu",
     _check_model(model)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but torch sees no CUDA device")
+    resolve_device(device)  # ValueError for cuda without a CUDA device
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
     os.makedirs(out_dir, exist_ok=True)
