@@ -29,7 +29,11 @@ examples:
                                     data parallel (FSDP2 on GPUs, DDP on CPU)
   cdssm plot runs/tiny              the run's loss curves as runs/tiny/loss.png
   cdssm plot runs/a runs/b --out ab.png
-                                    two runs' train and val curves side by side"""
+                                    two runs' train and val curves side by side
+  cdssm generate --checkpoint runs/tiny --prompt "ROMEO:"
+                                    stream a continuation of the prompt from the trained model
+  cdssm export --checkpoint runs/tiny --out pkg && cdssm generate --package pkg --prompt "ROMEO:"
+                                    AOTInductor packages (prefill + decode), then run them"""
 
 
 def _int_at_least(minimum: int):
@@ -227,6 +231,126 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_source(parser, package: bool) -> None:
+    """--checkpoint / --preset (/ --package): where the model comes from (exactly one)."""
+    source = parser.add_argument_group("model (exactly one of these)").add_mutually_exclusive_group(
+        required=True)
+    source.add_argument("--checkpoint", metavar="DIR",
+                        help="a save_pretrained directory (config.json + model.safetensors) or "
+                             "a `cdssm train` run directory (its final/, else its checkpoint.pt)")
+    source.add_argument("--preset", choices=("tiny", "small", "gpt2-small"),
+                        help="a randomly initialised model of this training preset's size with "
+                             "the GPT-2 vocabulary (for trying the command; the text means "
+                             "nothing)")
+    if package:
+        source.add_argument("--package", metavar="DIR",
+                            help="AOTInductor packages written by `cdssm export` (runs the "
+                                 "compiled programs; no model code)")
+    parser.add_argument("--arch", choices=("cdssm", "transformer"), default="cdssm",
+                        help="architecture of a --preset model (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the --preset weights" + (" and of the sampling" if package else "")
+                             + " (default: %(default)s)")
+
+
+def _add_generate(commands) -> None:
+    parser = commands.add_parser(
+        "generate", help="stream a continuation of a prompt to the terminal",
+        description="Tokenizes --prompt with the GPT-2 tokenizer (offline), prefills it and "
+                    "decodes one token at a time through the recurrent state (the KV cache for "
+                    "the Transformer), printing the text as it comes; stops at <|endoftext|> "
+                    "or after --max-new-tokens. Sampling is seeded: the same --seed gives the "
+                    "same text, from the eager model, its CUDA-graph decode and its exported "
+                    "packages alike. Timing goes to stderr.")
+    _add_model_source(parser, package=True)
+    parser.add_argument("--prompt", required=True, help="text to continue (non-empty)")
+    parser.add_argument("--max-new-tokens", type=_int_at_least(0), default=64,
+                        help="tokens to generate at most (default: %(default)s)")
+    parser.add_argument("--temperature", type=_nonnegative_float, default=0.8,
+                        help="sampling temperature, 0 = greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=_int_at_least(1), default=50,
+                        help="sample from the k most likely tokens (default: %(default)s)")
+    parser.add_argument("--top-p", type=_nonnegative_float, default=None,
+                        help="then from the smallest set of tokens holding this probability "
+                             "mass, in (0, 1] (default: no nucleus filter)")
+    parser.add_argument("--no-stop", dest="stop_at_eot", action="store_false",
+                        help="do not stop at <|endoftext|>")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where an eager model runs (auto: cuda when available); with "
+                             "--package it must match the package's device (default: auto, "
+                             "which there means the package's)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+                        help="parameter dtype of an eager model; the scan state stays fp32 "
+                             "(default: float32; a package keeps the dtype it was exported in)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="decode through one captured CUDA graph per step (CD-SSM on "
+                             "cuda; same tokens as without)")
+    parser.add_argument("--print-ids", action="store_true",
+                        help="also print the generated token ids on a line 'ids: ...'")
+    parser.set_defaults(handler=_generate, parser=parser)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .inference.commands import generate_text, load_model
+    from .inference.export import DTYPES
+    from .training.precision import resolve_device
+
+    if args.package is not None:
+        from .inference.packages import PackagedLM
+
+        if args.cuda_graph:
+            raise ValueError("--cuda-graph: only for an eager model, not with --package")
+        if args.dtype is not None:
+            raise ValueError("--dtype: not with --package (its dtype was fixed by `cdssm export "
+                             "--dtype`)")
+        model = PackagedLM(args.package, None if args.device == "auto" else args.device)
+    else:
+        model = load_model(args.checkpoint, args.preset, args.arch, args.seed)
+        model = model.to(device=resolve_device(args.device),
+                         dtype=DTYPES[args.dtype or "float32"])
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                  args.top_p, args.seed, args.stop_at_eot, args.cuda_graph, args.print_ids,
+                  sys.stdout, sys.stderr)
+    return 0
+
+
+def _add_export(commands) -> None:
+    parser = commands.add_parser(
+        "export", help="export a CD-SSM as AOTInductor packages (prefill + decode)",
+        description="torch.export of the prefill program (packed prompts -> logits after each "
+                    "prompt and the recurrent state; dynamic number of prompts and tokens) and "
+                    "of the decode step (tokens and state -> logits and the next state; dynamic "
+                    "batch), each compiled by AOTInductor into OUT/prefill.pt2 and "
+                    "OUT/decode.pt2 for one device, plus OUT/manifest.json (config, dtype, "
+                    "device). Run them with `cdssm generate --package OUT`, from Python with "
+                    "cdssm.inference.packages.PackagedLM, or from C++ (tools/aoti_runner). "
+                    "Sampling is not in the packages. Compiling takes about a minute.")
+    _add_model_source(parser, package=False)
+    parser.add_argument("--out", metavar="DIR", required=True,
+                        help="output directory (created; files in it are replaced)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="device the packages are compiled for (default: %(default)s)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="parameter and activation dtype; the scan state stays fp32 "
+                             "(default: %(default)s)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+    parser.set_defaults(handler=_export, parser=parser)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .inference.commands import load_model
+    from .inference.export import export_packages
+
+    model = load_model(args.checkpoint, args.preset, args.arch, args.seed)
+    export_packages(model, args.out, device=args.device, dtype=args.dtype, progress=args.progress)
+    print(f"wrote {args.out}/prefill.pt2, decode.pt2 and manifest.json ({args.device}, "
+          f"{args.dtype})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdssm", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(commands)
     _add_train(commands)
     _add_plot(commands)
+    _add_generate(commands)
+    _add_export(commands)
     return parser
 
 

@@ -13,6 +13,7 @@ from typing import TextIO
 import torch
 
 from .inference.generate import stream
+from .inference.text import token_text
 from .models.parameters import count_parameters
 from .models.registry import build_model
 from .training.resources import MissingResourceError
@@ -43,15 +44,6 @@ def _prompt_tokens(prompt: str, vocab_size: int, out: TextIO):
     print(f"tokenizer: GPT-2 {reason}; the prompt goes in as its UTF-8 byte values and the "
           f"output comes out as raw token ids", file=out)
     return list(prompt.encode("utf-8")), None
-
-
-def _token_text(token: int, encoding, text) -> str:
-    """What to print for ``token``: its text (through the incremental UTF-8 decoder ``text``, so
-    a character split over tokens prints whole), or the raw id without a tokenizer or when the
-    model's vocabulary is larger than the tokenizer's."""
-    if encoding is None or token >= encoding.n_vocab:
-        return f"{token} " if encoding is None else f"<{token}>"
-    return text.decode(encoding.decode_single_token_bytes(token))
 
 
 def run(arch: str, d_model: int, n_layers: int, context_length: int, vocab_size: int,
@@ -96,7 +88,7 @@ def run(arch: str, d_model: int, n_layers: int, context_length: int, vocab_size:
     for (token,) in stream(model, [prompt_ids], max_new_tokens, temperature=temperature,
                            top_k=top_k, seed=seed):
         count += 1
-        print(_token_text(token, encoding, text), end="", file=out, flush=True)
+        print(token_text(token, encoding, text), end="", file=out, flush=True)
     elapsed = time.perf_counter() - start
     print(f"\ngenerate: {count} tokens in {elapsed:.2f} s ({count / elapsed:.1f} tokens/s, "
           f"prefill + decode through the state)", file=out)

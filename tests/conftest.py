@@ -27,22 +27,27 @@ def tiny_config() -> CDSSMConfig:
     return CDSSMConfig(**TINY_CDSSM)
 
 
-# ---- the AOTInductor package of the tiny CD-SSM (built once per session) ----------------------
+# ---- the AOTInductor packages of a tiny GPT-2-vocabulary CD-SSM (built once per session) -----
 @pytest.fixture(scope="session")
-def cdssm_aoti_package(tmp_path_factory):
-    """(package path, eager model) of the tiny CD-SSM, exported with a dynamic sequence length
-    (2 ≤ T ≤ context_length, across the one-chunk boundary) and compiled for CPU by AOTInductor;
-    logits-only forward."""
+def cdssm_packages(tmp_path_factory):
+    """(package directory, checkpoint directory, eager model): a tiny CD-SSM (d 64, 2 layers,
+    V = 50257, so the GPT-2 tokenizer applies) whose matrices are redrawn at
+    N(0, (1.5/√fan_in)²) (at the real init a tied-embedding LM echoes its last token, which would
+    hide decoding bugs) and whose state-energy EMA is non-zero (a package constant too), saved
+    with ``save_pretrained`` and exported for CPU in float32 by `cdssm export`."""
+    from cdssm.cli import main
     from cdssm.models import CDSSMForCausalLM
 
     torch.manual_seed(0)
-    config = CDSSMConfig(**TINY_CDSSM)
+    config = CDSSMConfig(d_model=64, n_layers=2, context_length=128, vocab_size=50257)
     model = CDSSMForCausalLM(config).eval()
-    model.update_state_energy_ema(torch.rand(config.n_layers, config.n_heads))  # exported too
-    seq = torch.export.Dim("seq", min=2, max=config.context_length)
-    example = torch.randint(0, config.vocab_size, (2, 70))
     with torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes={"input_ids": {1: seq}})
-    path = str(tmp_path_factory.mktemp("aoti") / "cdssm_tiny.pt2")
-    torch._inductor.aoti_compile_and_package(program, package_path=path)
-    return path, model
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 1.5 / p.shape[1] ** 0.5)
+    model.update_state_energy_ema(torch.rand(config.n_layers, config.n_heads))
+    checkpoint = str(tmp_path_factory.mktemp("checkpoint"))
+    model.save_pretrained(checkpoint)
+    package = str(tmp_path_factory.mktemp("package"))
+    assert main(["export", "--checkpoint", checkpoint, "--out", package, "--no-progress"]) == 0
+    return package, checkpoint, model

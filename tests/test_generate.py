@@ -1,10 +1,11 @@
 """generate / stream / sample_next for every architecture: determinism, sampling filters, stops,
-batch invariance of packed prefill + batched decode, argument checks."""
+batch invariance of packed prefill + batched decode, prefill + decode = the full forward,
+logits at chosen positions, the CUDA-graph decode (on a GPU), argument checks."""
 
 import pytest
 import torch
 
-from cdssm.inference.generate import generate, sample_next, stream
+from cdssm.inference.generate import ModelRunner, generate, sample_next, stream
 from cdssm.models.registry import ARCHITECTURES, build_model
 
 V = 53
@@ -72,6 +73,62 @@ def test_stream_ends_when_every_sequence_stopped(model):
     assert generate(model, PROMPTS, 0) == [[] for _ in PROMPTS]
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_logit_positions_select_rows_of_the_full_logits(model, packed):
+    ids = torch.randint(0, V, (1 if packed else 3, 20), generator=torch.Generator().manual_seed(0))
+    kw = dict(cu_seqlens=torch.tensor([0, 7, 20], dtype=torch.int32)) if packed else {}
+    positions = torch.tensor([6, 19, 0, 6])
+    with torch.no_grad():
+        full = model(ids, **kw).logits
+        some = model(ids, logit_positions=positions, **kw).logits
+    torch.testing.assert_close(some, full[:, positions], rtol=1e-6, atol=1e-6)
+
+
+def test_logit_positions_errors(model):
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    for bad in (torch.tensor([[1]]), torch.tensor([1.0]), [1]):
+        with pytest.raises(ValueError, match="logit_positions"):
+            model(ids, logit_positions=bad)
+    with pytest.raises(ValueError, match="logit_positions: only without labels"):
+        model(ids, labels=ids, logit_positions=torch.tensor([1]))
+
+
+def test_runner_prefill_and_steps_equal_the_full_forward(model):
+    """Packed prefill logits (one row per prompt) and each batched decode step's logits equal the
+    full forward of each prompt followed by the decoded tokens (float64)."""
+    model64 = make_model(model.arch, torch.float64)
+    runner = ModelRunner(model64)
+    logits, state = runner.prefill(PROMPTS)
+    sequences = [list(p) for p in PROMPTS]
+    for _ in range(3):
+        with torch.no_grad():
+            alone = torch.stack([model64(torch.tensor([s])).logits[0, -1] for s in sequences])
+        torch.testing.assert_close(logits, alone, rtol=1e-10, atol=1e-10)
+        tokens = logits.argmax(-1)
+        for s, t in zip(sequences, tokens.tolist()):
+            s.append(t)
+        logits, state = runner.step(tokens, state)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", [{"temperature": 0}, {"seed": 3}, {"top_k": 5, "top_p": 0.9, "seed": 4}])
+def test_cuda_graph_decode_gives_the_eager_tokens(kw, dtype):
+    model = make_model("cdssm").to(device="cuda", dtype=dtype)
+    eager = generate(model, PROMPTS, 12, **kw)
+    assert generate(model, PROMPTS, 12, cuda_graph=True, **kw) == eager
+    assert generate(model, PROMPTS[:2], 12, cuda_graph=True, **kw) == \
+        generate(model, PROMPTS[:2], 12, **kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_decode_needs_a_fixed_size_state():
+    with pytest.raises(ValueError, match="fixed shapes"):
+        generate(make_model("transformer").cuda(), PROMPTS, 4, cuda_graph=True)
+
+
 # logits of one row: probabilities 0.5, 0.3, 0.15, 0.05 for tokens 3, 0, 2, 1
 PROBS = torch.tensor([0.3, 0.05, 0.15, 0.5])
 
@@ -121,6 +178,9 @@ BAD_ARGUMENTS = [
     ({"stop_tokens": [V]}, "stop_tokens"),
     ({"stop_tokens": 3}, "stop_tokens"),
     ({"seed": "1"}, "seed"),
+    ({"cuda_graph": 1}, "cuda_graph"),
+    pytest.param({"cuda_graph": True}, "cuda_graph: needs the model on a CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="model on CPU")),
 ]
 
 

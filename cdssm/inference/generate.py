@@ -1,11 +1,13 @@
 """Autoregressive generation for any causal LM of this package.
 
 The model needs the common interface: ``config.vocab_size``, ``init_state(batch_size,
-device=...)`` and ``forward(input_ids, cu_seqlens=None, state=None)`` returning a
-``CausalLMOutput`` whose ``state`` continues the sequences. Prompts of different lengths are
-prefilled together as one packed batch (``cu_seqlens``, one state per prompt: no padding ever
-enters a recurrent state), then decoded together, one token per sequence and step, through the
-state: O(1) work per token for the CD-SSM, O(context) for the Transformer's KV cache.
+device=...)`` and ``forward(input_ids, cu_seqlens=None, state=None, logit_positions=None)``
+returning a ``CausalLMOutput`` whose ``state`` continues the sequences. Prompts of different
+lengths are prefilled together as one packed batch (``cu_seqlens``, one state per prompt: no
+padding ever enters a recurrent state; logits only at each prompt's last token), then decoded
+together, one token per sequence and step, through the state: O(1) work per token for the
+CD-SSM, O(context) for the Transformer's KV cache. A runner does the two model calls (eager,
+CUDA graph, or AOTInductor packages); sampling stays here, in Python, for every runner.
 """
 
 import math
@@ -43,13 +45,72 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_arguments(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens,
-                     seed) -> None:
-    if not (callable(getattr(model, "init_state", None))
-            and _is_int(getattr(getattr(model, "config", None), "vocab_size", None))):
+def pack_prompts(prompts: Sequence[Sequence[int]], device) -> tuple:
+    """N prompts as one packed row: (input_ids (1, T) int64, cu_seqlens (N + 1,) int32), T the
+    total number of prompt tokens."""
+    lengths = torch.tensor([len(p) for p in prompts])
+    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    input_ids = torch.tensor([t for p in prompts for t in p], device=device)[None]
+    return input_ids, cu_seqlens.to(device=device, dtype=torch.int32)
+
+
+class ModelRunner:
+    """Prefill and decode steps of an eager causal LM: the reference path of ``stream``.
+
+    ``prefill(prompts)`` → (logits after each prompt (N, V), state); ``step(tokens (N,), state)``
+    → (logits (N, V), the next state). Every runner (``CUDAGraphRunner``, ``PackagedLM``) has
+    these two methods and ``vocab_size`` and ``device`` attributes.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.vocab_size = model.config.vocab_size
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def prefill(self, prompts: list):
+        input_ids, cu_seqlens = pack_prompts(prompts, self.device)
+        out = self.model(input_ids, cu_seqlens=cu_seqlens,
+                         state=self.model.init_state(len(prompts), device=self.device),
+                         logit_positions=cu_seqlens[1:] - 1)
+        return out.logits[0], out.state
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state):
+        out = self.model(tokens[:, None], state=state)
+        return out.logits[:, -1], out.state
+
+
+def _is_causal_lm(model) -> bool:
+    return (isinstance(model, torch.nn.Module) and callable(getattr(model, "init_state", None))
+            and _is_int(getattr(getattr(model, "config", None), "vocab_size", None)))
+
+
+def make_runner(model, cuda_graph: bool = False):
+    """The runner that ``stream`` drives: a loaded package as it is, an eager model wrapped in
+    ``ModelRunner``, or in ``CUDAGraphRunner`` when ``cuda_graph``."""
+    if not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph: expected a bool, got {cuda_graph!r}")
+    from .packages import PackagedLM
+
+    if isinstance(model, PackagedLM):
+        if cuda_graph:
+            raise ValueError("cuda_graph: only for an eager model (an AOTInductor package runs "
+                             "its own compiled code)")
+        return model
+    if not _is_causal_lm(model):
         raise ValueError(f"model: expected a causal LM with config.vocab_size and "
-                         f"init_state(batch_size), got {type(model).__name__}")
-    V = model.config.vocab_size
+                         f"init_state(batch_size), or a PackagedLM, got {type(model).__name__}")
+    if cuda_graph:
+        from .cuda_graph import CUDAGraphRunner
+
+        return CUDAGraphRunner(model)
+    return ModelRunner(model)
+
+
+def _check_arguments(vocab_size, prompts, max_new_tokens, temperature, top_k, top_p,
+                     stop_tokens, seed) -> None:
+    V = vocab_size
 
     def token_ids(value) -> bool:
         return (isinstance(value, Sequence) and not isinstance(value, str)
@@ -77,27 +138,10 @@ def _check_arguments(model, prompts, max_new_tokens, temperature, top_k, top_p, 
         raise ValueError(f"seed: expected None or an int, got {seed!r}")
 
 
-@torch.no_grad()
-def _prefill(model, prompts: list, device: torch.device):
-    """Runs the prompts as one packed batch; returns (logits after each prompt (N, V), state)."""
-    lengths = torch.tensor([len(p) for p in prompts])
-    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-    input_ids = torch.tensor([t for p in prompts for t in p], device=device)[None]
-    out = model(input_ids, cu_seqlens=cu_seqlens.to(device=device, dtype=torch.int32),
-                state=model.init_state(len(prompts), device=device))
-    return out.logits[0, (cu_seqlens[1:] - 1).to(device)], out.state
-
-
-@torch.no_grad()
-def _step(model, tokens: torch.Tensor, state):
-    out = model(tokens[:, None], state=state)
-    return out.logits[:, -1], out.state
-
-
 def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
            temperature: float = 1.0, top_k: Optional[int] = None,
            top_p: Optional[float] = None, stop_tokens: Sequence[int] = (),
-           seed: Optional[int] = None) -> Iterator[tuple]:
+           seed: Optional[int] = None, cuda_graph: bool = False) -> Iterator[tuple]:
     """Generates for every prompt at once, yielding after each step a tuple with, per prompt,
     the new token id, or None once that sequence has stopped.
 
@@ -108,24 +152,30 @@ def stream(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     sequence's tokens equal what it would get alone, up to floating-point reassociation.
     Runs without gradients on the model's device; arguments are checked first (ValueError
     naming the argument).
+
+    model: an eager causal LM, or a ``PackagedLM`` (AOTInductor packages from ``cdssm export``:
+    the same tokens as the eager model for the same seed, up to floating-point reassociation).
+    cuda_graph: decode through one CUDA graph of the step (``CUDAGraphRunner``; a model on a
+    CUDA device with a fixed-size state): the same tokens as the eager path.
     """
-    _check_arguments(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
+    runner = make_runner(model, cuda_graph)
+    _check_arguments(runner.vocab_size, prompts, max_new_tokens, temperature, top_k, top_p,
+                     stop_tokens, seed)
+    generator = torch.Generator(device=runner.device)
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
-    return _decode(model, [list(p) for p in prompts], max_new_tokens,
-                   (temperature, top_k, top_p, generator), set(stop_tokens), device)
+    return _decode(runner, [list(p) for p in prompts], max_new_tokens,
+                   (temperature, top_k, top_p, generator), set(stop_tokens))
 
 
-def _decode(model, prompts: list, max_new_tokens: int, sampling: tuple, stop: set,
-            device: torch.device) -> Iterator[tuple]:
+def _decode(runner, prompts: list, max_new_tokens: int, sampling: tuple,
+            stop: set) -> Iterator[tuple]:
     stopped = [False] * len(prompts)
     if max_new_tokens == 0:
         return
-    logits, state = _prefill(model, prompts, device)
+    logits, state = runner.prefill(prompts)
     for step in range(max_new_tokens):
         tokens = sample_next(logits, *sampling)
         emitted = []
@@ -135,20 +185,20 @@ def _decode(model, prompts: list, max_new_tokens: int, sampling: tuple, stop: se
         yield tuple(emitted)
         if all(stopped) or step == max_new_tokens - 1:
             return
-        logits, state = _step(model, tokens, state)
+        logits, state = runner.step(tokens, state)
 
 
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, stop_tokens: Sequence[int] = (),
-             seed: Optional[int] = None) -> list:
+             seed: Optional[int] = None, cuda_graph: bool = False) -> list:
     """The new tokens of every prompt: a list of token-id lists (stop tokens excluded).
 
     Same arguments and behaviour as ``stream``, which yields the tokens as they come.
     """
     new_tokens = [[] for _ in prompts]
     for step in stream(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens,
-                       seed):
+                       seed, cuda_graph):
         for tokens, token in zip(new_tokens, step):
             if token is not None:
                 tokens.append(token)

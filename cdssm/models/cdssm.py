@@ -19,7 +19,7 @@ from ..ops import causal_conv1d_silu, chunk_delta_scan, recurrent_delta_scan
 from ..ops.dynamics import adaptive_timestep, dynamics_dtype, scan_inputs
 from .layers import RMSNorm
 from .lm_loss import chunked_causal_lm_loss
-from .outputs import CausalLMOutput
+from .outputs import CausalLMOutput, check_logit_positions
 from .pretrained import PretrainedMixin
 
 
@@ -284,9 +284,11 @@ class CDSSMForCausalLM(PretrainedMixin, nn.Module):
             block.reset_parameters()
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> CDSSMState:
-        """Zero state for ``batch_size`` sequences. dtype: the activation dtype of the conv state
-        (default: the parameters'); the scan state is fp32 (fp64 for fp64)."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        """Zero state for ``batch_size`` sequences (an int, or a symbolic size while exporting).
+        dtype: the activation dtype of the conv state (default: the parameters'); the scan state
+        is fp32 (fp64 for fp64)."""
+        if (not isinstance(batch_size, (int, torch.SymInt)) or isinstance(batch_size, bool)
+                or batch_size < 1):
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         c = self.config
         device = self.embed.weight.device if device is None else device
@@ -312,8 +314,9 @@ class CDSSMForCausalLM(PretrainedMixin, nn.Module):
         for block, energy in zip(self.blocks, state_energy):
             block.update_ema(energy)
 
-    def _check_inputs(self, input_ids, labels, cu_seqlens, state) -> None:
+    def _check_inputs(self, input_ids, labels, cu_seqlens, state, logit_positions) -> None:
         c = self.config
+        check_logit_positions(logit_positions, labels)
         if not _is_int_tensor(input_ids, 2):
             raise ValueError("input_ids: expected an int32/int64 tensor of shape (B, T), got "
                              f"{_describe(input_ids)}")
@@ -346,16 +349,19 @@ class CDSSMForCausalLM(PretrainedMixin, nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None,
-                state: Optional[CDSSMState] = None) -> CausalLMOutput:
+                state: Optional[CDSSMState] = None,
+                logit_positions: Optional[torch.Tensor] = None) -> CausalLMOutput:
         """input_ids (B, T) int; labels (B, T) int (shifted inside, −100 ignored); cu_seqlens
         (N + 1,) int32 with B == 1; state: a ``CDSSMState`` for N sequences to start from (prefill
-        from ``init_state``, decode with T == 1), whose successor is returned.
+        from ``init_state``, decode with T == 1), whose successor is returned; logit_positions
+        (K,) int: compute logits at these positions only (e.g. each prompt's last token).
 
-        Returns ``CausalLMOutput``: logits (B, T, V) (None with labels), loss = CE + aux_loss,
+        Returns ``CausalLMOutput``: logits (B, T, V), or (B, K, V) at ``logit_positions`` (None
+        with labels), loss = CE + aux_loss,
         aux_loss = λ_met · mean over layers of mean υ, state_energy (n_layers, H), mean_utility
         (n_layers,), state.
         """
-        self._check_inputs(input_ids, labels, cu_seqlens, state)
+        self._check_inputs(input_ids, labels, cu_seqlens, state, logit_positions)
         x = self.embed(input_ids)  # (B, T, d)
         conv_states, ssm_states, energies, utilities = [], [], [], []
         for i, block in enumerate(self.blocks):
@@ -371,7 +377,7 @@ class CDSSMForCausalLM(PretrainedMixin, nn.Module):
         aux_loss = self.config.metabolic_weight * mean_utility.mean()
         logits = loss = None
         if labels is None:
-            logits = self.lm_head(h)  # (B, T, V)
+            logits = self.lm_head(h if logit_positions is None else h[:, logit_positions])
         else:  # never the whole (B·T, V) logits
             loss = chunked_causal_lm_loss(h, self.lm_head.weight, labels.long(),
                                           cu_seqlens) + aux_loss

@@ -29,3 +29,15 @@ class CausalLMOutput(NamedTuple):
 # A serialisable pytree node: torch.export and AOTInductor packages record the output structure
 # by this name, so a process that loads a package must import cdssm first.
 pytree._register_namedtuple(CausalLMOutput, serialized_type_name="cdssm.models.CausalLMOutput")
+
+
+def check_logit_positions(logit_positions, labels) -> None:
+    """``forward``'s logit_positions: None, or a 1-D int tensor of positions along T (no labels)."""
+    if logit_positions is None:
+        return
+    if not (isinstance(logit_positions, torch.Tensor) and logit_positions.dim() == 1
+            and logit_positions.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"logit_positions: expected a 1-D int tensor of positions, got "
+                         f"{getattr(logit_positions, 'shape', type(logit_positions).__name__)}")
+    if labels is not None:
+        raise ValueError("logit_positions: only without labels (the loss needs every position)")

@@ -18,7 +18,7 @@ from .attention import CausalSelfAttention, KVCache, plan_attention
 from .documents import check_cu_seqlens
 from .layers import RMSNorm
 from .lm_loss import chunked_causal_lm_loss
-from .outputs import CausalLMOutput
+from .outputs import CausalLMOutput, check_logit_positions
 from .pretrained import PretrainedMixin
 
 
@@ -180,15 +180,19 @@ class TransformerForCausalLM(PretrainedMixin, nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None,
-                state: Optional[KVCache] = None) -> CausalLMOutput:
+                state: Optional[KVCache] = None,
+                logit_positions: Optional[torch.Tensor] = None) -> CausalLMOutput:
         """input_ids (B, T) int; labels (B, T) int (shifted inside, −100 ignored) or None;
         cu_seqlens (N + 1,) int32 packing N documents into B = 1, or None; state: a ``KVCache``
-        of B sequences (of N with cu_seqlens: document n continues sequence n) or None.
+        of B sequences (of N with cu_seqlens: document n continues sequence n) or None;
+        logit_positions (K,) int: compute logits at these positions only.
 
-        Returns ``CausalLMOutput``: logits (B, T, V) without labels, else the mean CE loss;
+        Returns ``CausalLMOutput``: logits (B, T, V) (or (B, K, V) at ``logit_positions``)
+        without labels, else the mean CE loss;
         aux_loss 0; state: the extended cache when one was given.
         """
         self._check_inputs(input_ids, labels, cu_seqlens, state)
+        check_logit_positions(logit_positions, labels)
         T = input_ids.shape[1]
         weight = self.embed.weight
         rope_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
@@ -206,7 +210,7 @@ class TransformerForCausalLM(PretrainedMixin, nn.Module):
         aux_loss = torch.zeros((), device=input_ids.device)
         logits = loss = None
         if labels is None:
-            logits = self.lm_head(h)
+            logits = self.lm_head(h if logit_positions is None else h[:, logit_positions])
         else:  # never the whole (B·T, V) logits
             loss = chunked_causal_lm_loss(h, self.lm_head.weight, labels.long(),
                                           cu_seqlens) + aux_loss

@@ -109,9 +109,12 @@ def causal_conv1d_silu(
                 tuple(initial_conv_state.shape))
         initial_conv_state = initial_conv_state.to(x.dtype).contiguous()
 
+    # A copy rather than x.contiguous(): x is usually a slice of a projection (copied anyway),
+    # and contiguous() on a (N, 1, E) slice guards on N == 1, which would stop torch.export from
+    # keeping the decode batch dynamic.
     y, final_conv_state = _ops.causal_conv1d_silu_fwd(
-        x.contiguous(), weight.to(x.dtype).contiguous(), bias.to(x.dtype).contiguous(), cu_seqlens,
-        initial_conv_state)
+        x.clone(memory_format=torch.contiguous_format), weight.to(x.dtype).contiguous(),
+        bias.to(x.dtype).contiguous(), cu_seqlens, initial_conv_state)
     return y, (final_conv_state if output_conv_state else None)
 
 
