@@ -27,7 +27,9 @@ examples:
                                     a run from a YAML file with an override, resumed
   torchrun --nproc_per_node 8 -m cdssm train --preset gpt2-small
                                     data parallel (FSDP2 on GPUs, DDP on CPU)
-  cdssm plot runs/tiny              the run's loss curves as runs/tiny/loss.png"""
+  cdssm plot runs/tiny              the run's loss curves as runs/tiny/loss.png
+  cdssm eval mqar --d-model 64 128  associative recall, CD-SSM (P = 1, 8) vs Transformer
+  cdssm eval passkey --ablation all passkey retrieval with every CD-SSM ablation row"""
 
 
 def _int_at_least(minimum: int):
@@ -219,6 +221,31 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(commands) -> None:
+    import importlib
+
+    from .evaluation import TASKS
+
+    parser = commands.add_parser(
+        "eval", help="evaluation tasks: MQAR, passkey, extrapolation, LM (with ablations)",
+        description="Trains (or loads from OUT/runs) the Transformer baseline, CD-SSM at each "
+                    "--state-pairs and CD-SSM ablations, measures them on a task, prints a "
+                    "table and writes OUT/TASK.json and OUT/TASK.png. Run `cdssm eval TASK "
+                    "--help` for a task's options.")
+    tasks = parser.add_subparsers(title="tasks", dest="task", metavar="TASK", required=True)
+    for name, text in TASKS.items():
+        module = importlib.import_module(f".evaluation.{name}", __package__)
+        task = tasks.add_parser(name, help=text, description=module.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(task)
+        task.set_defaults(handler=_eval, parser=task, run=module.run)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    args.run(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdssm", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(commands)
     _add_train(commands)
     _add_plot(commands)
+    _add_eval(commands)
     return parser
 
 
