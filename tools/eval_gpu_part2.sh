@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Second device call behind docs/evaluation.md (after tools/eval_gpu.sh, on the same machine, so
-# the package is built): passkey, MQAR at T = 256 and the LM ablations, smaller than the first
+# Second device call behind docs/evaluation.md (after `pip install -e .`, like tools/eval_gpu.sh):
+# passkey, MQAR at T = 256 and the LM ablations, smaller than the first
 # call's versions of them, which did not finish (passkey, ablations) or learned nothing (MQAR
 # with 1,500 steps over a T ≤ 1024, K ≤ 256 mixture). Three chains side by side under one
 # deadline; results into $OUT/evaluation2.tar.gz.   usage: tools/eval_gpu_part2.sh DATA_DIR [LIMIT]
