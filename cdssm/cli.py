@@ -33,7 +33,9 @@ examples:
   cdssm generate --checkpoint runs/tiny --prompt "ROMEO:"
                                     stream a continuation of the prompt from the trained model
   cdssm export --checkpoint runs/tiny --out pkg && cdssm generate --package pkg --prompt "ROMEO:"
-                                    AOTInductor packages (prefill + decode), then run them"""
+                                    AOTInductor packages (prefill + decode), then run them
+  cdssm eval mqar --d-model 64 128  associative recall, CD-SSM (P = 1, 8) vs Transformer
+  cdssm eval passkey --ablation all passkey retrieval with every CD-SSM ablation row"""
 
 
 def _int_at_least(minimum: int):
@@ -348,6 +350,28 @@ def _export(args: argparse.Namespace) -> int:
     export_packages(model, args.out, device=args.device, dtype=args.dtype, progress=args.progress)
     print(f"wrote {args.out}/prefill.pt2, decode.pt2 and manifest.json ({args.device}, "
           f"{args.dtype})")
+def _add_eval(commands) -> None:
+    import importlib
+
+    from .evaluation import TASKS
+
+    parser = commands.add_parser(
+        "eval", help="evaluation tasks: MQAR, passkey, extrapolation, LM (with ablations)",
+        description="Trains (or loads from OUT/runs) the Transformer baseline, CD-SSM at each "
+                    "--state-pairs and CD-SSM ablations, measures them on a task, prints a "
+                    "table and writes OUT/TASK.json and OUT/TASK.png. Run `cdssm eval TASK "
+                    "--help` for a task's options.")
+    tasks = parser.add_subparsers(title="tasks", dest="task", metavar="TASK", required=True)
+    for name, text in TASKS.items():
+        module = importlib.import_module(f".evaluation.{name}", __package__)
+        task = tasks.add_parser(name, help=text, description=module.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(task)
+        task.set_defaults(handler=_eval, parser=task, run=module.run)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    args.run(args)
     return 0
 
 
@@ -362,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot(commands)
     _add_generate(commands)
     _add_export(commands)
+    _add_eval(commands)
     return parser
 
 

@@ -1,11 +1,24 @@
-"""CDSSMConfig: four user numbers (d, n, Lc, V) and the state-pair count P; everything else derived.
+"""CDSSMConfig: four user numbers (d, n, Lc, V), the state-pair count P and the evaluation's
+ablation switches; everything else derived.
 
 Every derived constant is a property whose docstring holds its formula (spec/model.md, Config).
+The ablation switches (spec/model.md § Ablation switches) default to the v1 model.
 """
 
 import dataclasses
 import math
 from dataclasses import dataclass
+
+
+# Ablation switches and their values, the v1 value first (spec/model.md § Ablation switches).
+ABLATION_CHOICES = {
+    "scan": ("exact", "approx"),
+    "recurrence_gate": (True, False),
+    "adaptive_dt": (True, False),
+    "spectral_init": (True, False),
+    "utility": ("strength", "value"),
+    "metabolic": (True, False),
+}
 
 
 @dataclass(frozen=True)
@@ -18,6 +31,16 @@ class CDSSMConfig:
         context_length: Lc ≥ 2, the training context (sets the gating constant and the spectrum).
         vocab_size: V ≥ 2.
         state_pairs: P ≥ 1 complex state pairs per head (keyword only; P = 1 is the v1 model).
+
+    Ablation switches (keyword only; spec/model.md § Ablation switches; the defaults are v1):
+        scan: "exact" (v1) or "approx": within a chunk exact, the incoming state only decays
+            (no −Γ⊙(W s0ᵀ) term); unpadded batches only (no ``cu_seqlens``).
+        recurrence_gate: False sets r ≡ 1/c, so |z_eff| = |z|.
+        adaptive_dt: False sets dt = κ_h + softplus(selection_dt(x_c)).
+        spectral_init: False puts every head and pair at its band's middle timescale and
+            frequency.
+        utility: "strength" (v1: β_eff = β·υ) or "value" (υ scales v, β_eff = β).
+        metabolic: False sets λ_met = 0.
     """
 
     d_model: int
@@ -25,6 +48,12 @@ class CDSSMConfig:
     context_length: int
     vocab_size: int
     state_pairs: int = dataclasses.field(default=1, kw_only=True)
+    scan: str = dataclasses.field(default="exact", kw_only=True)
+    recurrence_gate: bool = dataclasses.field(default=True, kw_only=True)
+    adaptive_dt: bool = dataclasses.field(default=True, kw_only=True)
+    spectral_init: bool = dataclasses.field(default=True, kw_only=True)
+    utility: str = dataclasses.field(default="strength", kw_only=True)
+    metabolic: bool = dataclasses.field(default=True, kw_only=True)
 
     def __post_init__(self):
         minimum = {"d_model": 1, "n_layers": 1, "context_length": 2, "vocab_size": 2,
@@ -39,6 +68,15 @@ class CDSSMConfig:
             raise ValueError(f"d_model: d_inner = 2·d_model = {self.d_inner} must be a multiple "
                              f"of {self.head_dim} (d_model a multiple of 32), got d_model = "
                              f"{self.d_model}")
+        for name, choices in ABLATION_CHOICES.items():
+            value = getattr(self, name)
+            if not any(type(value) is type(c) and value == c for c in choices):
+                raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+    def ablations(self) -> dict:
+        """The ablation switches that differ from v1, {name: value}."""
+        return {name: getattr(self, name) for name, choices in ABLATION_CHOICES.items()
+                if getattr(self, name) != choices[0]}
 
     # ---- widths -------------------------------------------------------------------------------
     @property
@@ -79,8 +117,8 @@ class CDSSMConfig:
 
     @property
     def metabolic_weight(self) -> float:
-        """λ_met = 1 / (ln V)³."""
-        return 1.0 / math.log(self.vocab_size) ** 3
+        """λ_met = 1 / (ln V)³ (0 with ``metabolic=False``)."""
+        return 1.0 / math.log(self.vocab_size) ** 3 if self.metabolic else 0.0
 
     @property
     def dynamics_lr_ratio(self) -> float:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cdssm.config import CDSSMConfig
+from cdssm.config import ABLATION_CHOICES, CDSSMConfig
 
 SPEC_EXAMPLE = CDSSMConfig(768, 12, 1024, 50257)
 
@@ -75,7 +75,8 @@ def test_dict_roundtrip(config):
     values = config.to_dict()
     assert values == dict(d_model=config.d_model, n_layers=config.n_layers,
                           context_length=config.context_length, vocab_size=config.vocab_size,
-                          state_pairs=config.state_pairs)
+                          state_pairs=config.state_pairs,
+                          **{name: choices[0] for name, choices in ABLATION_CHOICES.items()})
     assert CDSSMConfig.from_dict(values) == config
 
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..config import CDSSMConfig
 from ..ops import causal_conv1d_silu, chunk_delta_scan, recurrent_delta_scan
-from ..ops.dynamics import adaptive_timestep, dynamics_dtype, scan_inputs
+from ..ops.approx_delta_scan import approx_chunk_delta_scan
+from ..ops.dynamics import adaptive_timestep, dynamics_dtype, fixed_timestep, scan_inputs
 from .layers import RMSNorm
 from .lm_loss import chunked_causal_lm_loss
 from .outputs import CausalLMOutput, check_logit_positions
@@ -58,12 +59,20 @@ def spectral_band(config: CDSSMConfig, layer: int) -> tuple:
     return bs, bs + bw
 
 
+def _band_points(low: float, high: float, count: int, spread: bool) -> torch.Tensor:
+    """(count,) float64: linspace(low, high, count), or every point at (low + high)/2 when not
+    ``spread`` (the ``spectral_init=False`` ablation)."""
+    if spread:
+        return torch.linspace(low, high, count, dtype=torch.float64)
+    return torch.full((count,), (low + high) / 2, dtype=torch.float64)
+
+
 def spectral_timescales(config: CDSSMConfig, layer: int) -> torch.Tensor:
     """θ (H, P) float64 of layer i: θ_{h,p} = exp(linspace(bs, be, H·P)[p·H + h]).
-    Deeper layers remember longer."""
+    Deeper layers remember longer. With ``spectral_init=False`` every θ = e^{(bs + be)/2}."""
     H, P = config.n_heads, config.state_pairs
     bs, be = spectral_band(config, layer)
-    log_theta = torch.linspace(bs, be, H * P, dtype=torch.float64)  # index p·H + h
+    log_theta = _band_points(bs, be, H * P, config.spectral_init)  # index p·H + h
     return log_theta.exp().view(P, H).T
 
 
@@ -72,13 +81,14 @@ def spectral_dynamics_bias(config: CDSSMConfig, layer: int) -> torch.Tensor:
 
     α-bias = log(exp(1/θ) − 1) (softplus⁻¹, so α = 1/θ at init). ω-bias: the frequencies
     exp(linspace(ln f_min, ln f_max, H·P)), f_min = e^{−be}, f_max = min(0.5, e^{−bs}), assigned in
-    reverse timescale order: the slowest timescale gets the lowest frequency.
+    reverse timescale order: the slowest timescale gets the lowest frequency. With
+    ``spectral_init=False`` every frequency is √(f_min·f_max), the log-band's middle.
     """
     H, P = config.n_heads, config.state_pairs
     bs, be = spectral_band(config, layer)
     alpha_bias = torch.log(torch.expm1(1.0 / spectral_timescales(config, layer)))
-    freqs = torch.exp(torch.linspace(-be, math.log(min(0.5, math.exp(-bs))), H * P,
-                                     dtype=torch.float64))  # ascending
+    freqs = torch.exp(_band_points(-be, math.log(min(0.5, math.exp(-bs))), H * P,
+                                   config.spectral_init))  # ascending
     omega_bias = freqs.flip(0).view(P, H).T  # timescale index p·H + h ascends: frequency descends
     return torch.cat((alpha_bias.flatten(), omega_bias.flatten()))
 
@@ -127,7 +137,8 @@ class CDSSMBlock(nn.Module):
         self.dynamics_proj = nn.Linear(E, 2 * P * H)  # α (pre-softplus), ω
         self.log_dt_scale = nn.Parameter(torch.empty(H))
         self.selection_dt = nn.Linear(E, H, bias=False)
-        self.recurrence_gate = nn.Linear(E, H)
+        # recurrence_gate=False: r ≡ 1/c, no gate parameters
+        self.recurrence_gate = nn.Linear(E, H) if config.recurrence_gate else None
         self.beta_proj = nn.Linear(E, H)
         self.read_gate = nn.Linear(E, H)
         self.utility_gate = nn.Linear(E, H)
@@ -156,9 +167,9 @@ class CDSSMBlock(nn.Module):
         nn.init.normal_(self.dynamics_proj.weight, std=s_dyn)
         self.dynamics_proj.bias.copy_(spectral_dynamics_bias(c, self.layer))
         nn.init.zeros_(self.log_dt_scale)
-        for proj, bias in ((self.selection_dt, None), (self.recurrence_gate, 1.0),
-                           (self.utility_gate, -1.0), (self.read_gate, math.log(2.0)),
-                           (self.beta_proj, 0.0)):
+        gates = ((self.selection_dt, None), (self.recurrence_gate, 1.0),
+                 (self.utility_gate, -1.0), (self.read_gate, math.log(2.0)), (self.beta_proj, 0.0))
+        for proj, bias in (g for g in gates if g[0] is not None):
             nn.init.normal_(proj.weight, std=math.sqrt(1.0 / E))
             if bias is not None:
                 nn.init.constant_(proj.bias, bias)
@@ -200,26 +211,42 @@ class CDSSMBlock(nn.Module):
         dyn = F.linear(x_c, self.dynamics_proj.weight).to(sdt) + self.dynamics_proj.bias.to(sdt)
         alpha, omega = dyn.view(B, T, 2, H, P).unbind(2)
         alpha = F.softplus(alpha)
-        # 5. adaptive step (B, T, H, P)
-        dt = adaptive_timestep(
-            alpha, omega, self.log_dt_scale.unsqueeze(-1), self.selection_dt(x_c).unsqueeze(-1),
-            dt_eps=c.dt_eps, dt_margin=c.dt_margin, rotation_threshold=c.rotation_threshold,
-            rotation_width=c.rotation_width)
-        # 6. per-head gates (B, T, H)
-        r = torch.sigmoid(self.recurrence_gate(x_c).to(sdt))
+        # 5. adaptive step (B, T, H, P) (adaptive_dt=False: κ_h + softplus(selection), (B, T, H, 1))
+        if c.adaptive_dt:
+            dt = adaptive_timestep(
+                alpha, omega, self.log_dt_scale.unsqueeze(-1),
+                self.selection_dt(x_c).unsqueeze(-1), dt_eps=c.dt_eps, dt_margin=c.dt_margin,
+                rotation_threshold=c.rotation_threshold, rotation_width=c.rotation_width)
+        else:
+            dt = fixed_timestep(self.log_dt_scale.unsqueeze(-1),
+                                self.selection_dt(x_c).unsqueeze(-1))
+        # 6. per-head gates (B, T, H); recurrence_gate=False: c·r ≡ 1
+        if c.recurrence_gate:
+            r, gating = torch.sigmoid(self.recurrence_gate(x_c).to(sdt)), c.gating_constant
+        else:
+            r, gating = torch.ones((), dtype=sdt, device=x.device), 1.0
         beta = torch.sigmoid(self.beta_proj(x_c).to(sdt))
         read = torch.sigmoid(self.read_gate(x_c).to(sdt))
         energy_feedback = F.linear(self.ema.to(sdt), self.W_sg.to(sdt))  # (H,) W_sg·ema
         utility = torch.sigmoid(self.utility_gate(x_c).to(sdt) + energy_feedback)
         # 7. scan inputs (B, T, H, P)
-        decay = scan_inputs(alpha, omega, dt, r.unsqueeze(-1), c.gating_constant)
+        decay = scan_inputs(alpha, omega, dt, r.unsqueeze(-1), gating)
         # 8. unit keys and queries (B, T, H, D)
         k = l2_normalize(k_raw.view(B, T, H, D), c.l2_norm_eps)
         q = l2_normalize(self.Q_proj(x_c).view(B, T, H, D), c.l2_norm_eps)
         # 9. scan: v (B, T, H, P, 2) scaled per pair, write strength β_eff = β·υ
-        v = (v_raw.view(B, T, H, P, 2) * decay.value_scale.unsqueeze(-1)).to(q.dtype)
-        beta_eff = beta * utility
-        if T == 1:  # y (B, T, H, P, 2); the state (N, H, 2P, D)
+        #    (utility="value": v scaled by υ too, β_eff = β)
+        value_scale = decay.value_scale
+        if c.utility == "strength":
+            beta_eff = beta * utility
+        else:
+            value_scale, beta_eff = value_scale * utility.unsqueeze(-1), beta
+        v = (v_raw.view(B, T, H, P, 2) * value_scale.unsqueeze(-1)).to(q.dtype)
+        if c.scan == "approx":  # every T, decode included (the ablation has no exact T = 1 form)
+            y, new_ssm_state, energy = approx_chunk_delta_scan(
+                q, k, v, beta_eff, decay.log_decay, decay.phase, ssm_state,
+                chunk_size=c.chunk_size, output_final_state=with_state, output_state_energy=True)
+        elif T == 1:  # y (B, T, H, P, 2); the state (N, H, 2P, D)
             y, new_ssm_state = recurrent_delta_scan(
                 q, k, v, beta_eff, decay.log_decay, decay.phase, ssm_state, cu_seqlens,
                 output_final_state=True)
@@ -334,6 +361,9 @@ class CDSSMForCausalLM(PretrainedMixin, nn.Module):
                 raise ValueError("cu_seqlens: packed sequences need input_ids of batch size 1, "
                                  f"got {B}")
             N = cu_seqlens.shape[0] - 1
+            if c.scan == "approx":
+                raise ValueError("cu_seqlens: the scan='approx' ablation runs unpadded batches "
+                                 "only (B, T); use scan='exact' for packed sequences")
         if state is not None:
             expected = CDSSMState(conv=(c.n_layers, N, c.d_inner, c.conv_kernel - 1),
                                   ssm=(c.n_layers, N, c.n_heads, 2 * c.state_pairs, c.head_dim))

@@ -60,6 +60,18 @@ def adaptive_timestep(alpha, omega, log_dt_scale, dt_selection, *, dt_eps, dt_ma
     return torch.minimum(dt, dt_max)
 
 
+def fixed_timestep(log_dt_scale, dt_selection):
+    """The ``adaptive_dt=False`` ablation (spec/model.md § Ablation switches), broadcasting:
+
+        dt = κ_h + softplus(dt_selection),  κ_h = softplus(log_dt_scale)
+
+    (no dependence on α or ω, no cap). log_dt_scale (H, 1), dt_selection (..., H, 1) →
+    dt (..., H, 1) in the dynamics dtype.
+    """
+    dtype = dynamics_dtype(log_dt_scale, dt_selection)
+    return F.softplus(log_dt_scale.to(dtype)) + F.softplus(dt_selection.to(dtype))
+
+
 def cayley_transition(alpha, omega, dt):
     """Cayley (bilinear) transition z = (1 − τμ)/(1 + τμ), μ = α + iω, τ = dt/2 (spec/scan.md):
 

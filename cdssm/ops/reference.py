@@ -136,3 +136,41 @@ def chunk_delta_scan_reference(q, k, v, beta, log_decay, phase, initial_state=No
         energies.append(torch.stack(chunk_energies).mean(0))
         finals.append(complex_to_state(s))
     return _to_output(per_batch, q, P), torch.stack(finals), torch.stack(energies).detach()
+
+
+def approx_delta_scan_reference(q, k, v, beta, log_decay, phase, initial_state=None,
+                                chunk_size=64):
+    """The ``scan="approx"`` ablation (spec/model.md § Ablation switches), token by token. Per
+    chunk of C tokens the state is the sum of the incoming state s0, which only decays, and a
+    local state that starts at zero and follows the delta rule:
+
+        d_t = z_t d_{t−1} (d = s0 before the chunk),  l_t = z_t (l_{t−1} − β_t (l_{t−1}·k_t) k_t)
+        + β_t v^c_t k_t (l = 0 before the chunk),  y^c_t = (d_t + l_t)·q_t,  s_end = d + l
+
+    (the chunk algorithm with u = u_loc: no −Γ⊙(K s0ᵀ) term). Unpadded batches only. Returns o
+    (B, T, H, P, 2) in q's dtype, final (B, H, 2P, D) and state_energy (B, H): the mean over the
+    chunk ends of ‖S‖²_F.
+    """
+    B, T, H, D = q.shape
+    P = v.shape[3]
+    qf, kf, vc, bf, g, ct = _complex_inputs(q, k, v, beta, log_decay, phase)
+    z = torch.exp(g)
+    per_batch = [[] for _ in range(B)]
+    finals, energies = [], []
+    for b in range(B):
+        s = _initial(initial_state, b, H, P, D, ct, q.device)  # (H, P, D)
+        chunk_energies = []
+        for c0 in range(0, T, chunk_size):
+            decayed, local = s, torch.zeros_like(s)
+            for t in range(c0, min(c0 + chunk_size, T)):
+                kt, bt, zt = kf[b, t].to(ct), bf[b, t], z[b, t][..., None]  # (H, D), (H,), (H, P, 1)
+                decayed = zt * decayed
+                lk = torch.einsum("hpd,hd->hp", local, kt)
+                local = zt * (local - bt[:, None, None] * lk[..., None] * kt[:, None, :]) + (
+                    bt[:, None] * vc[b, t])[..., None] * kt[:, None, :]
+                per_batch[b].append(torch.einsum("hpd,hd->hp", decayed + local, qf[b, t].to(ct)))
+            s = decayed + local
+            chunk_energies.append(s.abs().square().sum((1, 2)))
+        energies.append(torch.stack(chunk_energies).mean(0))
+        finals.append(complex_to_state(s))
+    return _to_output(per_batch, q, P), torch.stack(finals), torch.stack(energies).detach()

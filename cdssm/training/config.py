@@ -21,6 +21,11 @@ def _doc(text: str, **kwargs):
 
 
 ARCHS = ("cdssm", "transformer")
+SCANS = ("exact", "approx")
+UTILITIES = ("strength", "value")
+# The cdssm ablation switches among the fields, with their v1 values.
+ABLATION_DEFAULTS = {"scan": "exact", "recurrence_gate": True, "adaptive_dt": True,
+                     "spectral_init": True, "utility": "strength", "metabolic": True}
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -37,6 +42,18 @@ class TrainConfig:
     seq_len: int = _doc("tokens per training sequence; also the model's context_length Lc",
                         default=1024)
     state_pairs: int = _doc("complex state pairs P per head (cdssm only)", default=1)
+    # ---- cdssm ablation switches (spec/model.md § Ablation switches; defaults are v1) ----------
+    scan: str = _doc("cdssm scan: exact, or approx (the original's carry: the incoming state "
+                     "of a chunk only decays; unpacked batches only)", default="exact")
+    recurrence_gate: bool = _doc("cdssm recurrence gate r (off: r = 1/c, |z_eff| = |z|)",
+                                 default=True)
+    adaptive_dt: bool = _doc("cdssm adaptive step (off: dt = softplus(log_dt_scale) + "
+                             "softplus(selection_dt))", default=True)
+    spectral_init: bool = _doc("cdssm spectral init (off: every head at the band's middle "
+                               "timescale and frequency)", default=True)
+    utility: str = _doc("cdssm utility gate placement: strength (beta_eff = beta*utility) or "
+                        "value (utility scales v)", default="strength")
+    metabolic: bool = _doc("cdssm metabolic loss (off: lambda_met = 0)", default=True)
     # ---- data -------------------------------------------------------------------------------
     data_dir: str = _doc("directory of train.bin, val.bin and meta.json (from `cdssm data "
                          "prepare`); the vocabulary size comes from meta.json", default="data")
@@ -111,7 +128,17 @@ class TrainConfig:
         if self.dynamics_lr_ratio is not None and not self.dynamics_lr_ratio > 0:
             raise ValueError(f"dynamics_lr_ratio: expected a number > 0 or None, got "
                              f"{self.dynamics_lr_ratio!r}")
+        if self.scan not in SCANS:
+            raise ValueError(f"scan: expected one of {SCANS}, got {self.scan!r}")
+        if self.utility not in UTILITIES:
+            raise ValueError(f"utility: expected one of {UTILITIES}, got {self.utility!r}")
+        if self.scan == "approx" and self.packed:
+            raise ValueError("packed: the scan='approx' ablation runs unpacked batches only")
         if self.arch == "transformer":
+            changed = sorted(self.ablations())
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: cdssm ablation switches, the transformer "
+                                 f"has none")
             if self.state_pairs != 1:
                 raise ValueError(f"state_pairs: the transformer has no state pairs, got "
                                  f"{self.state_pairs}")
@@ -123,6 +150,11 @@ class TrainConfig:
                              f"got {self.d_model}")
 
     # ---- derived --------------------------------------------------------------------------
+    def ablations(self) -> dict:
+        """The cdssm ablation switches that differ from v1, {field: value}."""
+        return {k: getattr(self, k) for k, v1 in ABLATION_DEFAULTS.items()
+                if getattr(self, k) != v1}
+
     def tokens_per_step(self, world_size: int = 1) -> int:
         """world_size · grad_accum · batch_size · seq_len."""
         return world_size * self.grad_accum * self.batch_size * self.seq_len
@@ -219,7 +251,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(option, type=f.type, metavar=f.name.upper(),
                                choices={"arch": ARCHS, "precision": PRECISIONS,
-                                        "device": DEVICES}.get(f.name), **kwargs)
+                                        "device": DEVICES, "scan": SCANS,
+                                        "utility": UTILITIES}.get(f.name), **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from ..models.registry import ARCHITECTURES
 from .checkpoint import (checkpoint_path, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import TrainConfig
+from .config import ABLATION_DEFAULTS, TrainConfig
 from .data import load_meta, shard_path
 from .flops import model_flops_per_token
 from .metrics import MetricsLog
@@ -42,7 +42,7 @@ from .precision import (autocast, checkpoint_blocks, convert_to_float8, resolve_
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Fields a resumed run must share with its checkpoint (model shape and data order).
 RESUME_FIELDS = ("arch", "d_model", "n_layers", "seq_len", "state_pairs", "batch_size",
-                 "grad_accum", "packed", "seed")
+                 "grad_accum", "packed", "seed", *ABLATION_DEFAULTS)
 
 
 class TrainingDiverged(RuntimeError):
@@ -75,9 +75,12 @@ def read_data_meta(data_dir: str) -> dict:
 
 
 def build_lm(config: TrainConfig, vocab_size: int) -> nn.Module:
-    """The freshly initialised LM of ``config.arch`` (context_length = seq_len)."""
+    """The freshly initialised LM of ``config.arch`` (context_length = seq_len; cdssm: with the
+    state pairs and ablation switches)."""
     cls = ARCHITECTURES[config.arch]
-    extra = {"state_pairs": config.state_pairs} if config.arch == "cdssm" else {}
+    extra = {}
+    if config.arch == "cdssm":
+        extra = {k: getattr(config, k) for k in ("state_pairs", *ABLATION_DEFAULTS)}
     return cls(cls.config_class(config.d_model, config.n_layers, config.seq_len, vocab_size,
                                 **extra))
 
@@ -108,8 +111,9 @@ def default_loader_factory():
 
 
 def _check_resume(config: TrainConfig, saved: dict, world_size: int) -> None:
-    changed = {k: (saved["config"][k], getattr(config, k)) for k in RESUME_FIELDS
-               if saved["config"][k] != getattr(config, k)}
+    before = {k: saved["config"].get(k, ABLATION_DEFAULTS.get(k)) for k in RESUME_FIELDS}
+    changed = {k: (before[k], getattr(config, k)) for k in RESUME_FIELDS
+               if before[k] != getattr(config, k)}
     if saved["world_size"] != world_size:
         changed["world_size"] = (saved["world_size"], world_size)
     if changed:
@@ -121,13 +125,14 @@ class Trainer:
     """One run's state: model, optimizer, schedule, loaders, log. ``train`` drives it."""
 
     def __init__(self, config: TrainConfig, info: ParallelInfo, device: torch.device,
-                 make_loader: Optional[Callable]):
+                 make_loader: Optional[Callable], vocab_size: Optional[int] = None):
         self.config, self.info, self.device = config, info, device
         self.precision = resolve_precision(config.precision, config.float8, device)
-        meta = read_data_meta(config.data_dir)
+        if vocab_size is None:
+            vocab_size = read_data_meta(config.data_dir)["vocab_size"]
         self.total_steps = config.total_steps(info.world_size)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = build_lm(config, meta["vocab_size"]).to(device)
+        self.model = build_lm(config, vocab_size).to(device)
         self.flops_per_token = model_flops_per_token(self.model, config.seq_len)
         rho = config.dynamics_lr_ratio or getattr(self.model.config, "dynamics_lr_ratio", 1.0)
         if config.float8:
@@ -250,10 +255,12 @@ def _due(step: int, every: int, last: bool) -> bool:
 
 
 def train(config: TrainConfig, *, resume: bool = False, make_loader: Optional[Callable] = None,
-          progress: bool = True) -> RunResult:
+          progress: bool = True, vocab_size: Optional[int] = None) -> RunResult:
     """Runs ``config`` (resuming from ``out_dir/checkpoint.pt`` when ``resume``) and returns
     its losses. ``make_loader(data_dir, split, batch_size, seq_len, *, seed, packed, rank,
-    world_size)`` builds the loaders (default: ``cdssm.training.loader.TokenLoader``).
+    world_size)`` builds the loaders (default: ``cdssm.training.loader.TokenLoader``);
+    ``vocab_size`` is the model's vocabulary when they do not read ``data_dir`` (synthetic
+    tasks; default: ``data_dir/meta.json``'s).
     Raises ``TrainingDiverged`` on a non-finite loss."""
     device = resolve_device(config.device)
     info = init_parallel(device.type)
@@ -261,7 +268,7 @@ def train(config: TrainConfig, *, resume: bool = False, make_loader: Optional[Ca
         if device.type == "cuda" and info.distributed:
             device = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(device)
-        return _run(Trainer(config, info, device, make_loader), resume, progress)
+        return _run(Trainer(config, info, device, make_loader, vocab_size), resume, progress)
     finally:
         close_parallel(info)
 
