@@ -350,6 +350,9 @@ def _export(args: argparse.Namespace) -> int:
     export_packages(model, args.out, device=args.device, dtype=args.dtype, progress=args.progress)
     print(f"wrote {args.out}/prefill.pt2, decode.pt2 and manifest.json ({args.device}, "
           f"{args.dtype})")
+    return 0
+
+
 def _add_eval(commands) -> None:
     import importlib
 
