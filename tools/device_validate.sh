@@ -19,5 +19,5 @@ tail -2 "$out/pytest_cuda.log"
 step model_check 150 python3 tools/gpu_model_check.py
 tail -14 "$out/model_check.log"
 left=$(( 570 - ($(date +%s) - S) ))
-[ "$left" -gt 30 ] && step bench_gpu "$left" python3 tools/bench_gpu.py --json "$out/bench_gpu.json" "$@"
+[ "$left" -gt 120 ] && step bench_gpu "$left" python3 tools/bench_gpu.py --json "$out/bench_gpu.json" "$@"
 tail -12 "$out/bench_gpu.log"

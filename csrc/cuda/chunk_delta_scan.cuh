@@ -325,8 +325,8 @@ __device__ void unit_lower_inverse(acc_t* T, const acc_t* KK, const acc_t* beta,
     }
     __syncthreads();
   }
-  for (int x = threadIdx.x; x < m * m; x += blockDim.x)
-    if (x % m > x / m) T[(x / m) * L + x % m] = 0;
+  for (int x = threadIdx.x; x < m * C; x += blockDim.x)  // (t, j) = (x / C, x % C): C is often fixed
+    if (x % C < m && x % C > x / C) T[(x / C) * L + x % C] = 0;
 }
 
 // W_td = Σ_{j≤t} T_tj β_j K_jd into the tile W, and densely into global Wg (if given).
@@ -795,15 +795,17 @@ template <typename acc_t, typename FX>
 __device__ void decayed_adjoint(Cx<acc_t>* out, const Cx<acc_t>* G, FX X, const Cx<acc_t>* y, int m,
                                 int C, int P) {
   quad_reduce<Cx<acc_t>>(
-      m * P,
+      C * P,  // (p, j) = (i / C, i % C), j < m
       [&](int i, int lane) {
-        const int p = i / m, j = i % m;
+        const int p = i / C, j = i % C;
         const Cx<acc_t>* Gp = G + p * C;
         Cx<acc_t> acc;
         for (int t = j + lane; t < m; t += 4) acc += (edecay(Gp, t, j) * X(t, j)).conj() * y[p * C + t];
         return acc;
       },
-      [&](int i, Cx<acc_t> acc) { out[(i / m) * C + i % m] = acc; });
+      [&](int i, Cx<acc_t> acc) {
+        if (i % C < m) out[i] = acc;
+      });
 }
 
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
@@ -915,7 +917,8 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
       block_scratch<kSmem>(global_scratch, ChunkBwdScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
       C, D, P);
   load_backward_chunk(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
-  for (int i = threadIdx.x; i < m * m; i += blockDim.x) s.dT[(i / m) * LC + i % m] = 0;
+  for (int i = threadIdx.x; i < m * C; i += blockDim.x)
+    if (i % C < m) s.dT[(i / C) * LC + i % C] = 0;
   for (int t = threadIdx.x; t < m; t += blockDim.x) s.dB[t] = 0;
 
   for (int p = 0; p < P; ++p) {
@@ -926,8 +929,8 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
       s0[d] = cx(s0raw[d], s0raw[D + d]);
       ds[d] = ds_end[wrow * P * D + p * D + d];
     }
-    for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-      const int t = i / m, j = i % m;
+    for (int i = threadIdx.x; i < m * C; i += blockDim.x) {
+      const int t = i / C, j = i % C;
       if (j <= t) s.EH[t * LC + j] = edecay(G, t, j);
     }
     __syncthreads();
@@ -995,8 +998,8 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
     // dQK_tj += Re(conj(E_tj) dy_t conj(u_j)), dT_tj += Re(conj(E_tj) du_t conj(b_j)) (j < t);
     // EH_tj ← conj(E_tj) dE_tj (j < t), the pieces of dG.
     __syncthreads();
-    for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-      const int t = i / m, j = i % m;
+    for (int i = threadIdx.x; i < m * C; i += blockDim.x) {
+      const int t = i / C, j = i % C;
       if (j > t) continue;
       const cx e = s.EH[t * LC + j];
       const cx dM = dy[t] * s.u[j].conj(), dTt = s.du[t] * s.b[j].conj();
