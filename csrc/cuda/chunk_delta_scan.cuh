@@ -20,9 +20,13 @@
 // so (1) bwd_local, parallel: Mᵀ, ds_loc, Γ_{n−1}; (2) state_chain in reverse: ds at every chunk
 // end; (3) chunk_bwd, parallel: the CPU kernel's per-chunk backward from s0 and ds.
 //
+// The (C × C × D) and (C × D × C) products run on bf16 tensor cores for bf16/fp16 inputs
+// (block_product → mma_tile.cuh, operands not exact in bf16 split into hi + lo), on CUDA cores
+// for fp32/fp64; every decay quantity (G, Γ, E, states, exp/log) stays in fp32 (fp64).
 // Phases of G are kept wrapped to (−π, π] so that the fast sincos of E sees |arg| < 2π.
-// Shared-memory tiles of D columns have row stride D + 1 and tiles of C columns C + 1 (no bank
-// conflicts when a warp walks down a column).
+// Shared-memory tiles: K and Q rows in the input dtype (row_stride), fp32/fp64 tiles of D
+// columns with row stride D + 1 and of C columns C + 1 (no bank conflicts when a warp walks
+// down a column). Kernels have instances for C = D = 64 (fixed_sizes) besides generic ones.
 #pragma once
 
 #include <cuda_bf16.h>
