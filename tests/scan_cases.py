@@ -34,6 +34,32 @@ def make_inputs(B, T, H, D, P, *, dtype=torch.float64, decay="random", initial_s
     return out
 
 
+def cu_seqlens_from_lengths(lengths):
+    """int32 offsets [0, l0, l0 + l1, ...] of packed sequences of these lengths, or None."""
+    if lengths is None:
+        return None
+    return torch.tensor([0] + torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
+
+
+def relative_error(out, ref):
+    """‖out − ref‖ / ‖ref‖ in float64 on the CPU (‖out − ref‖ where ref = 0; inf when out holds
+    a NaN or inf)."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    err, denom = (out - ref).norm().item(), ref.norm().item()
+    return err / denom if denom > 0 else err
+
+
+def assert_close_by_name(names, outs, refs, tol):
+    """Each output against its reference: equal shapes and relative_error ≤ tol; a failure names
+    the output and its error."""
+    for name, out, ref in zip(names, outs, refs, strict=True):
+        assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+        err = relative_error(out, ref)
+        assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e}"
+
+
 def oracle(q, k, v, beta, log_decay, phase, initial_state=None, cu_seqlens=None, chunk_size=None):
     """The recurrence of spec/scan.md in real 2×D form, float64, one token at a time:
     S_t = A_t (S_{t−1} − β (S_{t−1} k) kᵀ) + β v kᵀ with A = |z| [[cos φ, −sin φ], [sin φ, cos φ]].

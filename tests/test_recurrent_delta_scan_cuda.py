@@ -6,7 +6,7 @@ import torch
 
 import cdssm.ops  # noqa: F401  (loads the op library)
 
-from scan_cases import make_inputs
+from scan_cases import assert_close_by_name, cu_seqlens_from_lengths, make_inputs
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -29,19 +29,10 @@ CASES = [
 ]
 
 
-def _rel(out, ref):
-    return ((out.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
-
-
-def _cu(lengths):
-    return None if lengths is None else torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(),
-                                                     dtype=torch.int32)
-
-
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 @pytest.mark.parametrize("B,T,H,D,P,decay,lengths", CASES)
 def test_cuda_matches_cpu(B, T, H, D, P, decay, lengths, dtype):
-    cu = _cu(lengths)
+    cu = cu_seqlens_from_lengths(lengths)
     N = B if cu is None else len(lengths)
     args = make_inputs(B, T, H, D, P, dtype=dtype, decay=decay, initial_state=True, n_states=N)
     gen = torch.Generator().manual_seed(1)
@@ -56,9 +47,7 @@ def test_cuda_matches_cpu(B, T, H, D, P, decay, lengths, dtype):
     grads = OPS.recurrent_delta_scan_bwd(grad_o.cuda(), grad_final.cuda(), *dev, cu_d)
     assert out[0].dtype == dtype and out[1].dtype == args[4].dtype
     names = "o final dq dk dv dbeta dlog_decay dphase dinitial".split()
-    for name, a, b in zip(names, (*out, *grads), (*ref, *ref_grads)):
-        assert a.shape == b.shape, name
-        assert _rel(a, b) <= TOLERANCE[dtype], name
+    assert_close_by_name(names, (*out, *grads), (*ref, *ref_grads), TOLERANCE[dtype])
 
 
 def test_cuda_decode_step_replays_from_a_graph():

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import cdssm.ops  # noqa: E402,F401  (loads the op library)
-from scan_cases import make_inputs  # noqa: E402
+from scan_cases import cu_seqlens_from_lengths, make_inputs, relative_error  # noqa: E402
 
 OPS = torch.ops.cdssm
 # ‖out − ref‖ / ‖ref‖ allowed per dtype (outputs are rounded to the dtype; state math is fp32).
@@ -34,13 +34,6 @@ FWD_NAMES = ("o", "final", "boundary", "energy")
 GRAD_NAMES = ("dq", "dk", "dv", "dbeta", "dlog_decay", "dphase", "dinitial")
 CONV_NAMES = ("y", "final")
 CONV_GRAD_NAMES = ("dx", "dweight", "dbias", "dinitial")
-
-
-def _lengths_to_cu(lengths):
-    offsets = [0]
-    for n in lengths:
-        offsets.append(offsets[-1] + n)
-    return torch.tensor(offsets, dtype=torch.int32)
 
 
 def cases():
@@ -78,18 +71,9 @@ def _poison_cuda_allocator(nbytes=1 << 30):
     torch.empty(nbytes // 4, device="cuda").fill_(float("nan"))
 
 
-def _rel(out, ref):
-    out, ref = out.double().cpu(), ref.double()
-    denom = ref.norm().item()
-    err = (out - ref).norm().item()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return err / denom if denom > 0 else err
-
-
 def run_case(case, seed):
     name, dtype, B, T, H, D, P, C, decay, init, lengths = case
-    cu = None if lengths is None else _lengths_to_cu(lengths)
+    cu = None if lengths is None else cu_seqlens_from_lengths(lengths)
     N = B if cu is None else len(lengths)
     q, k, v, beta, ld, ph, s0 = make_inputs(B, T, H, D, P, dtype=dtype, decay=decay,
                                             initial_state=init, n_states=N, seed=seed)
@@ -108,8 +92,8 @@ def run_case(case, seed):
     _poison_cuda_allocator()
     bwd = OPS.chunk_delta_scan_bwd(grad_o.cuda(), grad_final.cuda(), *dev[:6], fwd[2], cu_d, C)
     torch.cuda.synchronize()
-    errs = {n: _rel(a, b) for n, a, b in zip(FWD_NAMES, fwd, ref_fwd)}
-    grads = {n: _rel(a, b) for n, a, b in zip(GRAD_NAMES, bwd, ref_bwd)}
+    errs = {n: relative_error(a, b) for n, a, b in zip(FWD_NAMES, fwd, ref_fwd)}
+    grads = {n: relative_error(a, b) for n, a, b in zip(GRAD_NAMES, bwd, ref_bwd)}
     return errs, grads
 
 
@@ -169,12 +153,12 @@ def conv_cases():
 
 
 def _errors(names, outs, refs):
-    return {n: _rel(a, b) for n, a, b in zip(names, outs, refs)}
+    return {n: relative_error(a, b) for n, a, b in zip(names, outs, refs)}
 
 
 def run_recurrent_case(case, seed):
     name, dtype, B, T, H, D, P, decay, init, lengths = case
-    cu = None if lengths is None else _lengths_to_cu(lengths)
+    cu = None if lengths is None else cu_seqlens_from_lengths(lengths)
     N = B if cu is None else len(lengths)
     inputs = make_inputs(B, T, H, D, P, dtype=dtype, decay=decay, initial_state=init, n_states=N,
                          seed=seed)
@@ -206,7 +190,7 @@ def conv_inputs(B, T, E, W, dtype, init, N, seed):
 
 def run_conv_case(case, seed):
     name, dtype, B, T, E, W, init, lengths = case
-    cu = None if lengths is None else _lengths_to_cu(lengths)
+    cu = None if lengths is None else cu_seqlens_from_lengths(lengths)
     N = B if cu is None else len(lengths)
     x, w, b, s0, grad_y, grad_final = conv_inputs(B, T, E, W, dtype, init, N, seed)
     c64 = [None if t is None else t.double() for t in (x, w, b)]

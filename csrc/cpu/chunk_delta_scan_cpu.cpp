@@ -399,13 +399,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
   const int64_t C = checked_chunk_size(chunk_size);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), P = v.size(3);
   const auto spans = make_spans(B, T, cu_seqlens, C);
-  const int64_t N = static_cast<int64_t>(spans.size()), NC = (T + C - 1) / C;
+  const int64_t N = static_cast<int64_t>(spans.size());
   const auto sopt = q.options().dtype(log_decay.scalar_type());
   at::Tensor o = at::empty({B, T, H, P, 2}, q.options());
   at::Tensor final_state = at::empty({N, H, 2 * P, D}, sopt);
-  // Rows no sequence uses (padding of the varlen bound) are zeroed so the tensor is defined.
-  at::Tensor boundary = cu_seqlens.has_value() ? at::zeros({NC + N, H, 2 * P, D}, sopt)
-                                               : at::empty({B, NC + 1, H, 2 * P, D}, sopt);
+  at::Tensor boundary = empty_boundary_states(q, v, cu_seqlens, C, sopt);
   at::Tensor energy = at::empty({N, H}, sopt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "chunk_delta_scan_fwd", [&] {
     forward_impl<scalar_t>(q, k, v, beta, log_decay, phase, initial_state, spans, C, o,

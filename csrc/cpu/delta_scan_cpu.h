@@ -107,6 +107,18 @@ inline int64_t boundary_rows(const at::Tensor& q, const std::optional<at::Tensor
   return cu_seqlens.has_value() ? NC + cu_seqlens->numel() - 1 : q.size(0) * (NC + 1);
 }
 
+// The boundary-state tensor of a chunk-scan forward: (B, NC + 1, H, 2P, D), the last row of each
+// batch row holding the final state, or (NC + N, H, 2P, D) with cu_seqlens, where the rows no
+// sequence uses (padding of the static bound) are zeroed so that the tensor is defined.
+inline at::Tensor empty_boundary_states(const at::Tensor& q, const at::Tensor& v,
+                                        const std::optional<at::Tensor>& cu_seqlens,
+                                        int64_t chunk_size, const at::TensorOptions& opt) {
+  const int64_t B = q.size(0), NC = (q.size(1) + chunk_size - 1) / chunk_size;
+  const int64_t H = q.size(2), P = v.size(3), D = q.size(3);
+  if (cu_seqlens.has_value()) return at::zeros({boundary_rows(q, cu_seqlens, chunk_size), H, 2 * P, D}, opt);
+  return at::empty({B, NC + 1, H, 2 * P, D}, opt);
+}
+
 // boundary_states of a chunk-scan backward: what the forward returned for these inputs.
 inline void check_boundary_states(const at::Tensor& boundary, const at::Tensor& q,
                                   const at::Tensor& v, const at::Tensor& log_decay,

@@ -20,9 +20,13 @@
 // so (1) bwd_local, parallel: Mᵀ, ds_loc, Γ_{n−1}; (2) state_chain in reverse: ds at every chunk
 // end; (3) chunk_bwd, parallel: the CPU kernel's per-chunk backward from s0 and ds.
 //
+// The (C × C × D) and (C × D × C) products run on bf16 tensor cores for bf16/fp16 inputs
+// (block_product → mma_tile.cuh, operands not exact in bf16 split into hi + lo), on CUDA cores
+// for fp32/fp64; every decay quantity (G, Γ, E, states, exp/log) stays in fp32 (fp64).
 // Phases of G are kept wrapped to (−π, π] so that the fast sincos of E sees |arg| < 2π.
-// Shared-memory tiles of D columns have row stride D + 1 and tiles of C columns C + 1 (no bank
-// conflicts when a warp walks down a column).
+// Shared-memory tiles: K and Q rows in the input dtype (row_stride), fp32/fp64 tiles of D
+// columns with row stride D + 1 and of C columns C + 1 (no bank conflicts when a warp walks
+// down a column). Kernels have instances for C = D = 64 (fixed_sizes) besides generic ones.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -30,8 +34,10 @@
 #include <cuda_pipeline.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "device_common.cuh"
+#include "mma_tile.cuh"
 
 namespace cdssm {
 namespace cuda {
@@ -86,6 +92,15 @@ struct Inputs {
   __host__ __device__ int64_t qk(int64_t tok, int h) const { return (tok * H + h) * D; }
 };
 
+// The inputs with C and D fixed at compile time (kC, kD > 0; 0 keeps the runtime value): the
+// kernels' instances for the model's C = D = 64 then index with shifts and unrolled loops.
+template <int kC, int kD, typename scalar_t, typename acc_t>
+__device__ inline Inputs<scalar_t, acc_t> fixed_sizes(Inputs<scalar_t, acc_t> in) {
+  if (kC > 0) in.C = kC;
+  if (kD > 0) in.D = kD;
+  return in;
+}
+
 // One chunk of one head: boundary row, first token (flattened), length m, owning sequence n.
 struct ChunkPos {
   int64_t row, tok0, n;
@@ -123,13 +138,29 @@ __device__ inline void* block_scratch(void* global_scratch, int64_t bytes) {
 // ---------------------------------------------------------------------------------------------
 // Block-wide building blocks (all threads call them; each ends without a barrier).
 
-// dst[t·(D+1) + d] = src row (tok0 + t, h), t < m.
+// Row stride of a shared-memory tile of D columns of T: D + 1 words for 4- and 8-byte types (a
+// warp walking down a column hits distinct banks), D + 8 for 2-byte types (rows of whole 16-byte
+// granules, so that rows are copied with 16-byte accesses).
+template <typename T>
+__host__ __device__ constexpr int row_stride(int D) { return sizeof(T) == 2 ? D + 8 : D + 1; }
+
+// dst[t·row_stride(D) + d] = src row (tok0 + t, h), t < m, in the input dtype (16-byte copies when
+// rows are whole, aligned granules).
 template <typename scalar_t, typename acc_t>
-__device__ void load_rows(acc_t* dst, const scalar_t* src, const Inputs<scalar_t, acc_t>& in,
+__device__ void load_rows(scalar_t* dst, const scalar_t* src, const Inputs<scalar_t, acc_t>& in,
                           int64_t tok0, int m, int h) {
-  for (int i = threadIdx.x; i < m * in.D; i += blockDim.x) {
-    const int t = i / in.D, d = i % in.D;
-    dst[t * (in.D + 1) + d] = to_acc(src[in.qk(tok0 + t, h) + d]);
+  const int D = in.D, L = row_stride<scalar_t>(D);
+  constexpr int g = 16 / sizeof(scalar_t);
+  if (sizeof(scalar_t) == 2 && D % g == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    for (int i = threadIdx.x; i < m * (D / g); i += blockDim.x) {
+      const int t = i / (D / g), d = (i % (D / g)) * g;
+      dev::store_pack<scalar_t, g>(dst + t * L + d, dev::load_pack<scalar_t, g>(src + in.qk(tok0 + t, h) + d));
+    }
+  } else {
+    for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
+      const int t = i / D, d = i % D;
+      dst[t * L + d] = src[in.qk(tok0 + t, h) + d];
+    }
   }
 }
 
@@ -145,14 +176,26 @@ __device__ void load_decay(Cx<acc_t>* G, const Inputs<scalar_t, acc_t>& in, int6
 }
 
 // In place: G_t = Σ_{i≤t} g_i per pair (phase wrapped), and Γ_t = e^{G_t} into gamma (if given).
+// One warp per pair, an inclusive warp scan over 32 tokens at a time with the carry of the last.
 template <typename acc_t>
 __device__ void cumulate_decay(Cx<acc_t>* G, Cx<acc_t>* gamma, int m, int C, int P) {
-  for (int p = threadIdx.x; p < P; p += blockDim.x) {
-    Cx<acc_t> acc;
-    for (int t = 0; t < m; ++t) {
-      acc = Cx<acc_t>(acc.re + G[p * C + t].re, wrap_phase(acc.im + G[p * C + t].im));
-      G[p * C + t] = acc;
-      if (gamma) gamma[p * C + t] = cexp(acc);
+  const int lane = threadIdx.x % 32;
+  for (int p = threadIdx.x / 32; p < P; p += blockDim.x / 32) {
+    Cx<acc_t> carry;
+    for (int t0 = 0; t0 < m; t0 += 32) {
+      const int t = t0 + lane;
+      Cx<acc_t> x = t < m ? G[p * C + t] : Cx<acc_t>();
+#pragma unroll
+      for (int o = 1; o < 32; o *= 2) {
+        const acc_t re = __shfl_up_sync(0xffffffffu, x.re, o), im = __shfl_up_sync(0xffffffffu, x.im, o);
+        if (lane >= o) x = Cx<acc_t>(x.re + re, wrap_phase(x.im + im));
+      }
+      x = Cx<acc_t>(x.re + carry.re, wrap_phase(x.im + carry.im));
+      if (t < m) {
+        G[p * C + t] = x;
+        if (gamma) gamma[p * C + t] = cexp(x);
+      }
+      carry = Cx<acc_t>(__shfl_sync(0xffffffffu, x.re, 31), __shfl_sync(0xffffffffu, x.im, 31));
     }
   }
 }
@@ -213,15 +256,36 @@ __device__ void tile_gemm(int M, int N, int K, FA a, FB b, FO out) {
   }
 }
 
-// out[t·(C+1) + j] = a_t·b_j for j ≤ t (j < t when strict), t < m.
-template <typename acc_t>
-__device__ void lower_gram(acc_t* out, const acc_t* a, const acc_t* b, int m, int C, int D,
-                           bool strict) {
-  tile_gemm<acc_t>(
-      m, m, D, [&](int t, int d) { return a[t * (D + 1) + d]; },
-      [&](int d, int j) { return b[j * (D + 1) + d]; },
+// The block products of the chunk kernels: bf16 tensor cores (mma_tile.cuh) for bf16 and fp16
+// inputs, tile_gemm on CUDA cores (fp32/fp64 accuracy unchanged) otherwise. kAIn / kBIn: the
+// operand's values are rows of the inputs (exact in bf16 for bf16 inputs, so not split).
+template <typename scalar_t>
+constexpr bool kTensorCores =
+    std::is_same<scalar_t, __nv_bfloat16>::value || std::is_same<scalar_t, __half>::value;
+
+template <typename scalar_t, bool kAIn, bool kBIn, typename acc_t, typename FA, typename FB,
+          typename FO>
+__device__ void block_product(int M, int N, int K, FA a, FB b, FO out) {
+  if constexpr (kTensorCores<scalar_t>) {
+    constexpr bool exact = std::is_same<scalar_t, __nv_bfloat16>::value;
+    mma::block_product<!(kAIn && exact), !(kBIn && exact)>(M, N, K, a, b, out);
+  } else {
+    tile_gemm<acc_t>(M, N, K, a, b, out);
+  }
+}
+
+// a_t·b_j for j ≤ t (j < t when strict), t < m, from input tiles: into out[t·(C+1) + j], or
+// transposed into out[j·(C+1) + t] (the upper triangle, so that a strictly lower Gram matrix can
+// share the tile).
+template <typename scalar_t, typename acc_t>
+__device__ void lower_gram(acc_t* out, const scalar_t* a, const scalar_t* b, int m, int C, int D,
+                           bool strict, bool transposed = false) {
+  const int L = row_stride<scalar_t>(D);
+  block_product<scalar_t, true, true, acc_t>(
+      m, m, D, [&](int t, int d) { return to_acc(a[t * L + d]); },
+      [&](int d, int j) { return to_acc(b[j * L + d]); },
       [&](int t, int j, acc_t v) {
-        if (strict ? j < t : j <= t) out[t * (C + 1) + j] = v;
+        if (strict ? j < t : j <= t) out[transposed ? j * (C + 1) + t : t * (C + 1) + j] = v;
       });
 }
 
@@ -265,17 +329,18 @@ __device__ void unit_lower_inverse(acc_t* T, const acc_t* KK, const acc_t* beta,
     }
     __syncthreads();
   }
-  for (int x = threadIdx.x; x < m * m; x += blockDim.x)
-    if (x % m > x / m) T[(x / m) * L + x % m] = 0;
+  for (int x = threadIdx.x; x < m * C; x += blockDim.x)  // (t, j) = (x / C, x % C): C is often fixed
+    if (x % C < m && x % C > x / C) T[(x / C) * L + x % C] = 0;
 }
 
 // W_td = Σ_{j≤t} T_tj β_j K_jd into the tile W, and densely into global Wg (if given).
-template <typename acc_t>
-__device__ void w_tile(acc_t* W, acc_t* Wg, const acc_t* T, const acc_t* beta, const acc_t* K,
+template <typename scalar_t, typename acc_t>
+__device__ void w_tile(acc_t* W, acc_t* Wg, const acc_t* T, const acc_t* beta, const scalar_t* K,
                        int m, int C, int D) {
-  tile_gemm<acc_t>(
+  const int LK = row_stride<scalar_t>(D);
+  block_product<scalar_t, false, true, acc_t>(
       m, D, m, [&](int t, int j) { return T[t * (C + 1) + j] * beta[j]; },
-      [&](int j, int d) { return K[j * (D + 1) + d]; },
+      [&](int j, int d) { return to_acc(K[j * LK + d]); },
       [&](int t, int d, acc_t v) {
         W[t * (D + 1) + d] = v;
         if (Wg) Wg[t * D + d] = v;
@@ -283,12 +348,14 @@ __device__ void w_tile(acc_t* W, acc_t* Wg, const acc_t* T, const acc_t* beta, c
 }
 
 // Mg = I − Aᵀ B (D × D, densely in global memory) for (m, D) tiles A, B: the decay-free part
-// of the chunk's state map M = I − Kᵀ W with (A, B) = (K, W), or its transpose with (W, K).
-template <typename acc_t>
-__device__ void state_map(acc_t* Mg, const acc_t* A, const acc_t* B, int m, int D) {
-  tile_gemm<acc_t>(
-      D, D, m, [&](int d, int t) { return A[t * (D + 1) + d]; },
-      [&](int t, int e) { return B[t * (D + 1) + e]; },
+// of the chunk's state map M = I − Kᵀ W with (A, B) = (K, W), or its transpose with (W, K)
+// (kAIn / kBIn: which of A, B holds input rows).
+template <typename scalar_t, typename acc_t, typename TA, typename TB>
+__device__ void state_map(acc_t* Mg, const TA* A, const TB* B, int m, int D) {
+  const int LA = row_stride<TA>(D), LB = row_stride<TB>(D);
+  block_product<scalar_t, std::is_same<TA, scalar_t>::value, std::is_same<TB, scalar_t>::value, acc_t>(
+      D, D, m, [&](int d, int t) { return to_acc(A[t * LA + d]); },
+      [&](int t, int e) { return to_acc(B[t * LB + e]); },
       [&](int d, int e, acc_t v) { Mg[d * D + e] = (d == e ? acc_t(1) : acc_t(0)) - v; });
 }
 
@@ -369,27 +436,21 @@ __global__ void __launch_bounds__(1024) sequence_table_kernel(const int32_t* cu,
   }
 }
 
-template <typename T>
-__global__ void fill_nan_if_invalid_kernel(T* x, int64_t numel, const int* valid) {
-  if (*valid) return;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    x[i] = from_acc<T>(static_cast<float>(NAN));
-}
 
 // ---------------------------------------------------------------------------------------------
 // Forward (1): per (chunk, head): W (C, D) and u_loc (C, P) for the output kernel, and the
 // chunk's state map s ← Γ_{n−1} ⊙ (M s) + c: M = I − Kᵀ W (D, D), c = Kᵀ(E_{n−1,:} ⊙ u_loc) (P, D),
 // Γ_{n−1} (P).
 
-template <typename acc_t>
+template <typename scalar_t, typename acc_t>
 struct PrepareScratch {
-  acc_t *K, *W, *KK, *T, *beta;
+  scalar_t* K;
+  acc_t *W, *KK, *T, *beta;
   Cx<acc_t> *G, *vb, *eu;
   int64_t bytes;
   __host__ __device__ PrepareScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
-    K = c.take<acc_t>(int64_t(C) * (D + 1));
+    K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
     KK = c.take<acc_t>(int64_t(C) * (C + 1));
     T = c.take<acc_t>(int64_t(C) * (C + 1));
@@ -409,16 +470,18 @@ struct ChunkWork {
   Cx<acc_t> *ul, *c, *gam_end;
 };
 
-template <typename scalar_t, typename acc_t, bool kSmem>
-__global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t, acc_t> in,
+template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
+__global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t, acc_t> in_,
                                                                  Sequences seq,
                                                                  ChunkWork<acc_t> ws,
                                                                  void* global_scratch) {
+  const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
   if (c.m == 0) return;
   const int m = c.m;
-  PrepareScratch<acc_t> s(block_scratch<kSmem>(global_scratch, PrepareScratch<acc_t>(nullptr, C, D, P).bytes),
+  PrepareScratch<scalar_t, acc_t> s(
+      block_scratch<kSmem>(global_scratch, PrepareScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                           C, D, P);
   load_rows(s.K, in.k, in, c.tok0, m, h);
   load_decay(s.G, in, c.tok0, m, h);
@@ -430,13 +493,13 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
     s.vb[i] = Cx<acc_t>(to_acc(in.v[2 * (bh * P + i % P)]), to_acc(in.v[2 * (bh * P + i % P) + 1])) * b;
   }
   __syncthreads();
-  lower_gram(s.KK, s.K, s.K, m, C, D, true);
+  lower_gram<scalar_t>(s.KK, s.K, s.K, m, C, D, true);
   cumulate_decay(s.G, static_cast<Cx<acc_t>*>(nullptr), m, C, P);
   __syncthreads();
   unit_lower_inverse(s.T, s.KK, s.beta, m, C);
   __syncthreads();
   const int64_t wrow = c.row * in.H + h;
-  w_tile(s.W, ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
+  w_tile<scalar_t>(s.W, ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
   // u_loc_t = Σ_{j≤t} E_tj T_tj β_j v^c_j;  eu_t = E_{n−1,t} u_loc_t.
   quad_reduce<Cx<acc_t>>(
       m * P,
@@ -453,13 +516,13 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
         s.eu[i] = edecay(s.G + p * C, m - 1, t) * acc;
       });
   __syncthreads();
-  state_map(ws.M + wrow * D * D, s.K, s.W, m, D);
+  state_map<scalar_t, acc_t>(ws.M + wrow * D * D, s.K, s.W, m, D);
   quad_reduce<Cx<acc_t>>(
       P * D,
       [&](int i, int lane) {
         const int p = i / D, d = i % D;
         Cx<acc_t> acc;
-        for (int t = lane; t < m; t += 4) acc += s.eu[t * P + p] * s.K[t * (D + 1) + d];
+        for (int t = lane; t < m; t += 4) acc += s.eu[t * P + p] * to_acc(s.K[t * row_stride<scalar_t>(D) + d]);
         return acc;
       },
       [&](int i, Cx<acc_t> acc) { ws.c[wrow * P * D + i] = acc; });
@@ -535,14 +598,14 @@ __device__ void prefetch_map(const ChainScratch<acc_t>& sc, int b, const ChunkWo
   __pipeline_commit();
 }
 
-template <typename acc_t, bool kForward, bool kSmem>
-__global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, int H, int D, int P,
+template <typename acc_t, bool kForward, bool kSmem, int kD = 0>
+__global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, int H, int D_, int P,
                                                                int C, ChunkWork<acc_t> ws,
                                                                const acc_t* state_in,
                                                                acc_t* boundary, Cx<acc_t>* ds_end,
                                                                acc_t* state_out, acc_t* energy,
                                                                void* global_scratch) {
-  const int h = blockIdx.y;
+  const int h = blockIdx.y, D = kD > 0 ? kD : D_;
   const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
   ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
   load_state(sc.s(0), state_in ? state_in + (n * H + h) * SD : nullptr, P, D);
@@ -597,15 +660,16 @@ __global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, in
 
 // Forward (3): per (chunk, head): u = u_loc − Γ ⊙ (W s0), y_t = Γ_t (q_t·s0) + Σ_{j≤t} E_tj (q_t·k_j) u_j.
 
-template <typename acc_t>
+template <typename scalar_t, typename acc_t>
 struct OutputScratch {
-  acc_t *Q, *K, *W, *QK;
+  scalar_t *Q, *K;
+  acc_t *W, *QK;
   Cx<acc_t> *G, *u, *s0;
   int64_t bytes;
   __host__ __device__ OutputScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
-    Q = c.take<acc_t>(int64_t(C) * (D + 1));
-    K = c.take<acc_t>(int64_t(C) * (D + 1));
+    Q = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
+    K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
     QK = c.take<acc_t>(int64_t(C) * (C + 1));
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
@@ -615,19 +679,21 @@ struct OutputScratch {
   }
 };
 
-template <typename scalar_t, typename acc_t, bool kSmem>
-__global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t, acc_t> in,
+template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
+__global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t, acc_t> in_,
                                                                 Sequences seq,
                                                                 ChunkWork<acc_t> ws,
                                                                 const acc_t* boundary,
                                                                 scalar_t* o,
                                                                 void* global_scratch) {
+  const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
   if (c.m == 0) return;
   const int m = c.m;
   const int64_t wrow = c.row * in.H + h;
-  OutputScratch<acc_t> s(block_scratch<kSmem>(global_scratch, OutputScratch<acc_t>(nullptr, C, D, P).bytes),
+  OutputScratch<scalar_t, acc_t> s(
+      block_scratch<kSmem>(global_scratch, OutputScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                          C, D, P);
   load_rows(s.Q, in.q, in, c.tok0, m, h);
   load_rows(s.K, in.k, in, c.tok0, m, h);
@@ -636,7 +702,7 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
   for (int i = threadIdx.x; i < m * D; i += blockDim.x)
     s.W[(i / D) * (D + 1) + i % D] = ws.W[wrow * C * D + i];
   __syncthreads();
-  lower_gram(s.QK, s.Q, s.K, m, C, D, false);
+  lower_gram<scalar_t>(s.QK, s.Q, s.K, m, C, D, false);
   cumulate_decay(s.G, static_cast<Cx<acc_t>*>(nullptr), m, C, P);
   __syncthreads();
   quad_reduce<Cx<acc_t>>(
@@ -658,7 +724,7 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
         const int t = i / P, p = i % P;
         const Cx<acc_t>* G = s.G + p * C;
         Cx<acc_t> qs, y;
-        for (int d = lane; d < D; d += 4) qs += s.s0[p * D + d] * s.Q[t * (D + 1) + d];
+        for (int d = lane; d < D; d += 4) qs += s.s0[p * D + d] * to_acc(s.Q[t * row_stride<scalar_t>(D) + d]);
         y = cexp(G[t]) * qs;
         for (int j = lane; j <= t; j += 4) y += edecay(G, t, j) * s.u[j * P + p] * s.QK[t * (C + 1) + j];
         return y;
@@ -674,18 +740,18 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
 // ---------------------------------------------------------------------------------------------
 // Backward (1): per (chunk, head): Mᵀ, ds_loc (P, D) (into ChunkWork::c) and Γ_{n−1} (P).
 
-template <typename acc_t>
+template <typename scalar_t, typename acc_t>
 struct LocalScratch {
-  acc_t *K, *Q, *W, *KK, *QK, *T, *beta;
+  scalar_t *K, *Q;
+  acc_t *W, *KK, *T, *beta;  // KK: KK strictly lower, QK transposed on and above the diagonal
   Cx<acc_t> *G, *gam, *dy, *du, *db;
   int64_t bytes;
   __host__ __device__ LocalScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
-    K = c.take<acc_t>(int64_t(C) * (D + 1));
-    Q = c.take<acc_t>(int64_t(C) * (D + 1));
+    K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
+    Q = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     W = c.take<acc_t>(int64_t(C) * (D + 1));
     KK = c.take<acc_t>(int64_t(C) * (C + 1));
-    QK = c.take<acc_t>(int64_t(C) * (C + 1));
     T = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
@@ -697,12 +763,17 @@ struct LocalScratch {
   }
 };
 
-// K, Q, β into scratch; KK (strict), QK (inclusive); G cumulated with Γ; T_real. dy (P, C) too.
+// QK_tj (j ≤ t) from the tile KK that holds KK strictly below the diagonal and QK transposed.
+template <typename acc_t>
+__device__ inline acc_t qk_at(const acc_t* KK, int t, int j, int C) { return KK[j * (C + 1) + t]; }
+
+// K, Q, β into scratch; KK (strict) and QKᵀ (inclusive) into one tile; G cumulated with Γ;
+// T_real. dy (P, C) too.
 template <typename scalar_t, typename acc_t>
 __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const scalar_t* grad_o,
-                                    const ChunkPos& c, int h, acc_t* K, acc_t* Q, acc_t* KK,
-                                    acc_t* QK, acc_t* T, acc_t* beta, Cx<acc_t>* G,
-                                    Cx<acc_t>* gam, Cx<acc_t>* dy) {
+                                    const ChunkPos& c, int h, scalar_t* K, scalar_t* Q, acc_t* KK,
+                                    acc_t* T, acc_t* beta, Cx<acc_t>* G, Cx<acc_t>* gam,
+                                    Cx<acc_t>* dy) {
   const int C = in.C, D = in.D, P = in.P, m = c.m;
   load_rows(K, in.k, in, c.tok0, m, h);
   load_rows(Q, in.q, in, c.tok0, m, h);
@@ -714,54 +785,54 @@ __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const sca
     dy[p * C + t] = Cx<acc_t>(to_acc(grad_o[2 * pi]), to_acc(grad_o[2 * pi + 1]));
   }
   __syncthreads();
-  lower_gram(KK, K, K, m, C, D, true);
-  lower_gram(QK, Q, K, m, C, D, false);
+  lower_gram<scalar_t>(KK, K, K, m, C, D, true);
+  lower_gram<scalar_t>(KK, Q, K, m, C, D, false, true);
   cumulate_decay(G, gam, m, C, P);
   __syncthreads();
   unit_lower_inverse(T, KK, beta, m, C);
   __syncthreads();
 }
 
-template <typename scalar_t, typename acc_t, bool kSmem>
-__global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, acc_t> in,
+// out_{p,j} = Σ_{t≥j} conj(E^p_tj X_tj) y_{p,t} for every pair p and j < m (pair-major, stride C):
+// the adjoint of y ↦ (X ⊙ E^p) y for a lower-triangular X(t, j).
+template <typename acc_t, typename FX>
+__device__ void decayed_adjoint(Cx<acc_t>* out, const Cx<acc_t>* G, FX X, const Cx<acc_t>* y, int m,
+                                int C, int P) {
+  quad_reduce<Cx<acc_t>>(
+      C * P,  // (p, j) = (i / C, i % C), j < m
+      [&](int i, int lane) {
+        const int p = i / C, j = i % C;
+        const Cx<acc_t>* Gp = G + p * C;
+        Cx<acc_t> acc;
+        for (int t = j + lane; t < m; t += 4) acc += (edecay(Gp, t, j) * X(t, j)).conj() * y[p * C + t];
+        return acc;
+      },
+      [&](int i, Cx<acc_t> acc) {
+        if (i % C < m) out[i] = acc;
+      });
+}
+
+template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
+__global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, acc_t> in_,
                                                              Sequences seq, const scalar_t* grad_o,
                                                              ChunkWork<acc_t> ws,
                                                              void* global_scratch) {
+  const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
   if (c.m == 0) return;
-  const int m = c.m, LC = C + 1, LD = D + 1;
+  const int m = c.m, LC = C + 1, LD = row_stride<scalar_t>(D);
   const int64_t wrow = c.row * in.H + h;
-  LocalScratch<acc_t> s(block_scratch<kSmem>(global_scratch, LocalScratch<acc_t>(nullptr, C, D, P).bytes),
+  LocalScratch<scalar_t, acc_t> s(
+      block_scratch<kSmem>(global_scratch, LocalScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                         C, D, P);
-  load_backward_chunk(in, grad_o, c, h, s.K, s.Q, s.KK, s.QK, s.T, s.beta, s.G, s.gam, s.dy);
-  w_tile(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
-  // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t
-  quad_reduce<Cx<acc_t>>(
-      m * P,
-      [&](int i, int lane) {
-        const int p = i / m, j = i % m;
-        const Cx<acc_t>* G = s.G + p * C;
-        Cx<acc_t> acc;
-        for (int t = j + lane; t < m; t += 4)
-          acc += (edecay(G, t, j) * s.QK[t * LC + j]).conj() * s.dy[p * C + t];
-        return acc;
-      },
-      [&](int i, Cx<acc_t> acc) { s.du[(i / m) * C + i % m] = acc; });
+  load_backward_chunk(in, grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  w_tile<scalar_t>(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
+  // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t, then db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
+  decayed_adjoint(s.du, s.G, [&](int t, int j) { return qk_at(s.KK, t, j, C); }, s.dy, m, C, P);
   __syncthreads();
-  state_map(ws.M + wrow * D * D, s.W, s.K, m, D);
-  // db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
-  quad_reduce<Cx<acc_t>>(
-      m * P,
-      [&](int i, int lane) {
-        const int p = i / m, j = i % m;
-        const Cx<acc_t>* G = s.G + p * C;
-        Cx<acc_t> acc;
-        for (int t = j + lane; t < m; t += 4)
-          acc += (edecay(G, t, j) * s.T[t * LC + j]).conj() * s.du[p * C + t];
-        return acc;
-      },
-      [&](int i, Cx<acc_t> acc) { s.db[(i / m) * C + i % m] = acc; });
+  state_map<scalar_t, acc_t>(ws.M + wrow * D * D, s.W, s.K, m, D);
+  decayed_adjoint(s.db, s.G, [&](int t, int j) { return s.T[t * LC + j]; }, s.du, m, C, P);
   __syncthreads();
   // ds_loc = Qᵀ(conj(Γ) ⊙ dy) − Kᵀ(β ⊙ conj(Γ) ⊙ db_loc)
   quad_reduce<Cx<acc_t>>(
@@ -771,7 +842,8 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
         Cx<acc_t> acc;
         for (int t = lane; t < m; t += 4) {
           const Cx<acc_t> g = s.gam[p * C + t].conj();
-          acc += g * (s.dy[p * C + t] * s.Q[t * LD + d] - s.db[p * C + t] * (s.beta[t] * s.K[t * LD + d]));
+          acc += g * (s.dy[p * C + t] * to_acc(s.Q[t * LD + d]) -
+                      s.db[p * C + t] * (s.beta[t] * to_acc(s.K[t * LD + d])));
         }
         return acc;
       },
@@ -782,32 +854,35 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
 // Backward (3): per (chunk, head), the CPU kernel's chunk backward from s0 = boundary[row] and
 // ds = ds_end[row]: dq, dk, dv, dβ, d log_decay, d phase of the chunk's tokens.
 
-template <typename acc_t>
+template <typename scalar_t, typename acc_t>
 struct ChunkBwdScratch {
-  acc_t *K, *Q, *KK, *QK, *T, *dT, *dQK, *dQ, *dK, *beta, *dB;
-  Cx<acc_t> *G, *gam, *dy, *EH;                      // G, gam, dy: (P, C); EH: (C, C)
-  Cx<acc_t> *s0, *ds, *ks, *qs, *dc, *b, *u, *du, *db, *dG;  // s0, ds: (D); the rest (C)
+  scalar_t *K, *Q;
+  acc_t *KK, *T, *beta, *dB;  // KK: KK strictly lower, QK transposed on and above the diagonal
+  acc_t* dT;                  // dT strictly lower, dQK transposed on and above the diagonal
+  Cx<acc_t> *G, *gam, *dy, *EH;              // G, gam, dy: (P, C); EH: (C, C)
+  Cx<acc_t> *s0, *ds;                        // (P, D)
+  Cx<acc_t> *cu, *dks, *a;                   // (P, C): the rank-P parts of dK and dQ
+  Cx<acc_t> *ks, *qs, *dc, *b, *u, *du, *db, *dG;  // (C), per pair
   acc_t* red;                                         // (kThreads / 32) partial sums
   int64_t bytes;
   __host__ __device__ ChunkBwdScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
-    K = c.take<acc_t>(int64_t(C) * (D + 1));
-    Q = c.take<acc_t>(int64_t(C) * (D + 1));
-    dQ = c.take<acc_t>(int64_t(C) * (D + 1));
-    dK = c.take<acc_t>(int64_t(C) * (D + 1));
+    K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
+    Q = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     KK = c.take<acc_t>(int64_t(C) * (C + 1));
-    QK = c.take<acc_t>(int64_t(C) * (C + 1));
     T = c.take<acc_t>(int64_t(C) * (C + 1));
     dT = c.take<acc_t>(int64_t(C) * (C + 1));
-    dQK = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     dB = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     gam = c.take<Cx<acc_t>>(int64_t(C) * P);
     dy = c.take<Cx<acc_t>>(int64_t(C) * P);
     EH = c.take<Cx<acc_t>>(int64_t(C) * (C + 1));
-    s0 = c.take<Cx<acc_t>>(D);
-    ds = c.take<Cx<acc_t>>(D);
+    s0 = c.take<Cx<acc_t>>(int64_t(P) * D);
+    ds = c.take<Cx<acc_t>>(int64_t(P) * D);
+    cu = c.take<Cx<acc_t>>(int64_t(P) * C);
+    dks = c.take<Cx<acc_t>>(int64_t(P) * C);
+    a = c.take<Cx<acc_t>>(int64_t(P) * C);
     ks = c.take<Cx<acc_t>>(C);
     qs = c.take<Cx<acc_t>>(C);
     dc = c.take<Cx<acc_t>>(C);
@@ -828,38 +903,38 @@ struct Grads {
   acc_t *dlog_decay, *dphase;
 };
 
-template <typename scalar_t, typename acc_t, bool kSmem>
-__global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in,
+template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
+__global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in_,
                                                              Sequences seq,
                                                              const Cx<acc_t>* ds_end,
                                                              const acc_t* boundary,
                                                              Grads<scalar_t, acc_t> gr,
                                                              void* global_scratch) {
   using cx = Cx<acc_t>;
+  const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
   if (c.m == 0) return;
-  const int m = c.m, LC = C + 1, LD = D + 1;
+  const int m = c.m, LC = C + 1, LD = row_stride<scalar_t>(D);
   const int64_t wrow = c.row * in.H + h;
-  ChunkBwdScratch<acc_t> s(
-      block_scratch<kSmem>(global_scratch, ChunkBwdScratch<acc_t>(nullptr, C, D, P).bytes), C, D, P);
-  load_backward_chunk(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.QK, s.T, s.beta, s.G, s.gam, s.dy);
-  for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-    s.dT[(i / m) * LC + i % m] = 0;
-    s.dQK[(i / m) * LC + i % m] = 0;
-  }
-  for (int i = threadIdx.x; i < m * D; i += blockDim.x) s.dQ[(i / D) * LD + i % D] = s.dK[(i / D) * LD + i % D] = 0;
+  ChunkBwdScratch<scalar_t, acc_t> s(
+      block_scratch<kSmem>(global_scratch, ChunkBwdScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
+      C, D, P);
+  load_backward_chunk(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  for (int i = threadIdx.x; i < m * C; i += blockDim.x)
+    if (i % C < m) s.dT[(i / C) * LC + i % C] = 0;
   for (int t = threadIdx.x; t < m; t += blockDim.x) s.dB[t] = 0;
 
   for (int p = 0; p < P; ++p) {
     const cx *G = s.G + p * C, *gam = s.gam + p * C, *dy = s.dy + p * C;
+    cx *s0 = s.s0 + p * D, *ds = s.ds + p * D;
     const acc_t* s0raw = boundary + wrow * 2 * P * D + 2 * p * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
-      s.s0[d] = cx(s0raw[d], s0raw[D + d]);
-      s.ds[d] = ds_end[wrow * P * D + p * D + d];
+      s0[d] = cx(s0raw[d], s0raw[D + d]);
+      ds[d] = ds_end[wrow * P * D + p * D + d];
     }
-    for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-      const int t = i / m, j = i % m;
+    for (int i = threadIdx.x; i < m * C; i += blockDim.x) {
+      const int t = i / C, j = i % C;
       if (j <= t) s.EH[t * LC + j] = edecay(G, t, j);
     }
     __syncthreads();
@@ -871,9 +946,10 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
       cx ks, qs, dc;
       if (t < m)
         for (int d = lane * dq4; d < min(D, (lane + 1) * dq4); ++d) {
-          ks += s.s0[d] * s.K[t * LD + d];
-          qs += s.s0[d] * s.Q[t * LD + d];
-          dc += s.ds[d] * s.K[t * LD + d];
+          const acc_t kd = to_acc(s.K[t * LD + d]);
+          ks += s0[d] * kd;
+          qs += s0[d] * to_acc(s.Q[t * LD + d]);
+          dc += ds[d] * kd;
         }
       ks = quad_sum(ks);
       qs = quad_sum(qs);
@@ -894,7 +970,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
       cx u, du;
       if (t < m) {
         for (int j = lane; j <= t; j += 4) u += s.EH[t * LC + j] * s.b[j] * s.T[t * LC + j];
-        for (int l = t + lane; l < m; l += 4) du += (s.EH[l * LC + t] * s.QK[l * LC + t]).conj() * dy[l];
+        for (int l = t + lane; l < m; l += 4) du += (s.EH[l * LC + t] * qk_at(s.KK, l, t, C)).conj() * dy[l];
       }
       u = quad_sum(u);
       du = quad_sum(du);
@@ -914,34 +990,33 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
         },
         [&](int j, cx db) { s.db[j] = db; });
     __syncthreads();
-    // dK_t += Re(conj(E_{m−1,t} u_t) ds) + Re(conj(s0) dks_t), dks_t = −β_t conj(Γ_t) db_t;
-    // dQ_t += Re(conj(s0) a_t), a_t = dy_t conj(Γ_t).  (reads EH row m−1 before it is reused)
-    for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
-      const int t = i / D, d = i % D;
-      const cx cu = s.EH[(m - 1) * LC + t] * s.u[t];
-      const cx dks = gam[t].conj() * s.db[t] * (-s.beta[t]);
-      s.dK[t * LD + d] += re_conj_mul(cu, s.ds[d]) + re_conj_mul(s.s0[d], dks);
-      s.dQ[t * LD + d] += re_conj_mul(s.s0[d], dy[t] * gam[t].conj());
+    // dK_t gets Re(conj(cu_t) ds) + Re(conj(s0) dks_t), cu_t = E_{m−1,t} u_t,
+    // dks_t = −β_t conj(Γ_t) db_t; dQ_t gets Re(conj(s0) a_t), a_t = dy_t conj(Γ_t): kept per pair
+    // and summed over the pairs with the final products.  (reads EH row m−1 before it is reused)
+    for (int t = threadIdx.x; t < m; t += blockDim.x) {
+      s.cu[p * C + t] = s.EH[(m - 1) * LC + t] * s.u[t];
+      s.dks[p * C + t] = gam[t].conj() * s.db[t] * (-s.beta[t]);
+      s.a[p * C + t] = dy[t] * gam[t].conj();
     }
     // dE_tj = QK_tj dy_t conj(u_j) + T_tj du_t conj(b_j) + [t = m−1] dc_j conj(u_j);
     // dQK_tj += Re(conj(E_tj) dy_t conj(u_j)), dT_tj += Re(conj(E_tj) du_t conj(b_j)) (j < t);
     // EH_tj ← conj(E_tj) dE_tj (j < t), the pieces of dG.
     __syncthreads();
-    for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-      const int t = i / m, j = i % m;
+    for (int i = threadIdx.x; i < m * C; i += blockDim.x) {
+      const int t = i / C, j = i % C;
       if (j > t) continue;
       const cx e = s.EH[t * LC + j];
       const cx dM = dy[t] * s.u[j].conj(), dTt = s.du[t] * s.b[j].conj();
-      s.dQK[t * LC + j] += re_conj_mul(e, dM);
+      s.dT[j * LC + t] += re_conj_mul(e, dM);  // dQK_tj
       if (j == t) continue;
       s.dT[t * LC + j] += re_conj_mul(e, dTt);
-      cx dE = dM * s.QK[t * LC + j] + dTt * s.T[t * LC + j];
+      cx dE = dM * qk_at(s.KK, t, j, C) + dTt * s.T[t * LC + j];
       if (t == m - 1) dE += s.dc[j] * s.u[j].conj();
       s.EH[t * LC + j] = e.conj() * dE;
     }
     // ‖ds·conj(s0)‖: dΓ_{m−1} += Σ_d ds_d conj(s0_d).
     cx dsum;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) dsum += s.ds[d] * s.s0[d].conj();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) dsum += ds[d] * s0[d].conj();
     for (int o = 16; o > 0; o /= 2) {
       dsum.re += __shfl_down_sync(0xffffffffu, dsum.re, o);
       dsum.im += __shfl_down_sync(0xffffffffu, dsum.im, o);
@@ -994,14 +1069,16 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
   // T_real = (I + A)⁻¹, A_tj = β_t KK_tj (t > j): dA = −T_realᵀ dT T_realᵀ, with dT and T_real
   // zero above the diagonal. X = dT T_realᵀ, then dT ← dA (strictly lower).
   acc_t* X = reinterpret_cast<acc_t*>(s.EH);
-  tile_gemm<acc_t>(
-      m, m, m, [&](int l, int k) { return s.dT[l * LC + k]; },
+  block_product<scalar_t, false, false, acc_t>(
+      m, m, m, [&](int l, int k) { return k < l ? s.dT[l * LC + k] : acc_t(0); },
       [&](int k, int j) { return s.T[j * LC + k]; }, [&](int l, int j, acc_t v) { X[l * LC + j] = v; });
   __syncthreads();
-  tile_gemm<acc_t>(
+  block_product<scalar_t, false, false, acc_t>(
       m, m, m, [&](int t, int l) { return s.T[l * LC + t]; },
       [&](int l, int j) { return X[l * LC + j]; },
-      [&](int t, int j, acc_t v) { s.dT[t * LC + j] = j < t ? -v : acc_t(0); });
+      [&](int t, int j, acc_t v) {
+        if (j < t) s.dT[t * LC + j] = -v;
+      });
   __syncthreads();
   // dβ_t += Σ_j dA_tj KK_tj;  dkk_tj = β_t dA_tj (j < t), dqk = dQK (zero above the diagonal):
   // dK = (dkk + dkkᵀ) K + dqkᵀ Q,  dQ = dqk K.
@@ -1013,21 +1090,24 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
         return acc;
       },
       [&](int t, acc_t acc) { gr.dbeta[(c.tok0 + t) * in.H + h] = from_acc<scalar_t>(acc + s.dB[t]); });
-  tile_gemm<acc_t>(
+  block_product<scalar_t, false, true, acc_t>(
       m, D, 2 * m,
       [&](int t, int k) {
-        if (k >= m) return s.dQK[(k - m) * LC + t];
+        if (k >= m) return t <= k - m ? s.dT[t * LC + k - m] : acc_t(0);  // dQK_{k−m,t}
         return k < t ? s.beta[t] * s.dT[t * LC + k] : k > t ? s.beta[k] * s.dT[k * LC + t] : acc_t(0);
       },
-      [&](int k, int d) { return k < m ? s.K[k * LD + d] : s.Q[(k - m) * LD + d]; },
+      [&](int k, int d) { return to_acc(k < m ? s.K[k * LD + d] : s.Q[(k - m) * LD + d]); },
       [&](int t, int d, acc_t v) {
-        gr.dk[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(s.dK[t * LD + d] + v);
+        for (int p = 0; p < P; ++p)
+          v += re_conj_mul(s.cu[p * C + t], s.ds[p * D + d]) + re_conj_mul(s.s0[p * D + d], s.dks[p * C + t]);
+        gr.dk[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(v);
       });
-  tile_gemm<acc_t>(
-      m, D, m, [&](int t, int j) { return s.dQK[t * LC + j]; },
-      [&](int j, int d) { return s.K[j * LD + d]; },
+  block_product<scalar_t, false, true, acc_t>(
+      m, D, m, [&](int t, int j) { return j <= t ? s.dT[j * LC + t] : acc_t(0); },  // dQK_tj
+      [&](int j, int d) { return to_acc(s.K[j * LD + d]); },
       [&](int t, int d, acc_t v) {
-        gr.dq[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(s.dQ[t * LD + d] + v);
+        for (int p = 0; p < P; ++p) v += re_conj_mul(s.s0[p * D + d], s.a[p * C + t]);
+        gr.dq[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(v);
       });
 }
 

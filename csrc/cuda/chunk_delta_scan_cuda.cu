@@ -31,13 +31,12 @@ struct SequenceTable {
 SequenceTable make_sequence_table(int64_t B, int64_t T, const std::optional<at::Tensor>& cu_seqlens,
                                   int64_t C, const at::Tensor& like, cudaStream_t stream) {
   const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : B;
-  const int64_t NC = (T + C - 1) / C;
   SequenceTable st;
   st.table = at::empty({3 * N + 1}, like.options().dtype(at::kLong));
   st.valid = at::empty({1}, like.options().dtype(at::kInt));
   int64_t* p = st.table.data_ptr<int64_t>();
   st.seq = {p, p + N, p + 2 * N, N};
-  st.rows = cu_seqlens.has_value() ? NC + N : B * (NC + 1);
+  st.rows = boundary_rows(like, cu_seqlens, C);
   cuda::sequence_table_kernel<<<1, 1024, 0, stream>>>(
       cu_seqlens.has_value() ? cu_seqlens->data_ptr<int32_t>() : nullptr, N, T,
       static_cast<int>(C), p, p + N, p + 2 * N, st.valid.data_ptr<int>());
@@ -69,18 +68,6 @@ void launch(void (*smem_kernel)(KArgs...), void (*global_kernel)(KArgs...), dim3
   }
   kernel<<<grid, kThreads, smem, stream>>>(args..., scratch);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void fill_nan_if_invalid(at::Tensor& x, const SequenceTable& st, cudaStream_t stream) {
-  const int64_t numel = x.numel();
-  if (numel == 0) return;
-  const int blocks = static_cast<int>(std::min<int64_t>((numel + 255) / 256, 1024));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fill_nan", [&] {
-    using dev_t = typename DeviceScalar<scalar_t>::type;
-    cuda::fill_nan_if_invalid_kernel<dev_t><<<blocks, 256, 0, stream>>>(
-        reinterpret_cast<dev_t*>(x.data_ptr()), numel, st.valid.data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
 }
 
 void check_cuda_inputs(const at::Tensor& q, const std::optional<at::Tensor>& cu_seqlens,
@@ -140,8 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
   const auto sopt = q.options().dtype(log_decay.scalar_type());
   at::Tensor o = at::empty({B, T, H, P, 2}, q.options());
   at::Tensor final_state = at::empty({N, H, 2 * P, D}, sopt);
-  at::Tensor boundary = cu_seqlens.has_value() ? at::zeros({NC + N, H, 2 * P, D}, sopt)
-                                               : at::empty({B, NC + 1, H, 2 * P, D}, sopt);
+  at::Tensor boundary = empty_boundary_states(q, v, cu_seqlens, C, sopt);
   at::Tensor energy = at::empty({N, H}, sopt);
   if (N == 0 || H == 0) return {o, final_state, boundary, energy};
   const SequenceTable st = make_sequence_table(B, T, cu_seqlens, C, q, stream);
@@ -155,22 +141,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
     at::Tensor work;
     const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, true, sopt, work);
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
+    const bool fixed = C == 64 && D == 64;  // the instances compiled for the model's sizes
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
-    launch(cuda::chunk_prepare_kernel<dev_t, acc_t, true>, cuda::chunk_prepare_kernel<dev_t, acc_t, false>, chunks,
-           cuda::PrepareScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws);
-    launch(cuda::state_chain_kernel<acc_t, true, true>, cuda::state_chain_kernel<acc_t, true, false>,
+    launch(fixed ? cuda::chunk_prepare_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_prepare_kernel<dev_t, acc_t, true>,
+           cuda::chunk_prepare_kernel<dev_t, acc_t, false>, chunks,
+           cuda::PrepareScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws);
+    launch(fixed ? cuda::state_chain_kernel<acc_t, true, true, 64> : cuda::state_chain_kernel<acc_t, true, true>,
+           cuda::state_chain_kernel<acc_t, true, false>,
            heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr,
            boundary.data_ptr<acc_t>(), static_cast<cx*>(nullptr), final_state.data_ptr<acc_t>(),
            energy.data_ptr<acc_t>());
-    launch(cuda::chunk_output_kernel<dev_t, acc_t, true>, cuda::chunk_output_kernel<dev_t, acc_t, false>, chunks,
-           cuda::OutputScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
+    launch(fixed ? cuda::chunk_output_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_output_kernel<dev_t, acc_t, true>,
+           cuda::chunk_output_kernel<dev_t, acc_t, false>, chunks,
+           cuda::OutputScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
            static_cast<const acc_t*>(boundary.data_ptr<acc_t>()), reinterpret_cast<dev_t*>(o.data_ptr()));
   });
   if (cu_seqlens.has_value())
-    for (at::Tensor* x : {&o, &final_state, &boundary, &energy}) fill_nan_if_invalid(*x, st, stream);
+    fill_nan_if_invalid({&o, &final_state, &boundary, &energy}, st.valid, stream);
   else
     boundary.select(1, NC).copy_(final_state);
   return {o, final_state, boundary, energy};
@@ -210,12 +200,15 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
     at::Tensor ds_end = at::empty({rows * H * P * D * 2}, log_decay.options());
     cx* ds_end_p = reinterpret_cast<cx*>(ds_end.data_ptr<acc_t>());
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
+    const bool fixed = C == 64 && D == 64;  // the instances compiled for the model's sizes
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     const dev_t* go = reinterpret_cast<const dev_t*>(grad_o.data_ptr());
-    launch(cuda::bwd_local_kernel<dev_t, acc_t, true>, cuda::bwd_local_kernel<dev_t, acc_t, false>, chunks,
-           cuda::LocalScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, go, ws);
-    launch(cuda::state_chain_kernel<acc_t, false, true>, cuda::state_chain_kernel<acc_t, false, false>,
+    launch(fixed ? cuda::bwd_local_kernel<dev_t, acc_t, true, 64, 64> : cuda::bwd_local_kernel<dev_t, acc_t, true>,
+           cuda::bwd_local_kernel<dev_t, acc_t, false>, chunks,
+           cuda::LocalScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, go, ws);
+    launch(fixed ? cuda::state_chain_kernel<acc_t, false, true, 64> : cuda::state_chain_kernel<acc_t, false, true>,
+           cuda::state_chain_kernel<acc_t, false, false>,
            heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
@@ -226,13 +219,14 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
                                        reinterpret_cast<dev_t*>(dv.data_ptr()),
                                        reinterpret_cast<dev_t*>(dbeta.data_ptr()),
                                        dld.data_ptr<acc_t>(), dph.data_ptr<acc_t>()};
-    launch(cuda::chunk_bwd_kernel<dev_t, acc_t, true>, cuda::chunk_bwd_kernel<dev_t, acc_t, false>, chunks,
-           cuda::ChunkBwdScratch<acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
+    launch(fixed ? cuda::chunk_bwd_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_bwd_kernel<dev_t, acc_t, true>,
+           cuda::chunk_bwd_kernel<dev_t, acc_t, false>, chunks,
+           cuda::ChunkBwdScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
            static_cast<const cx*>(ds_end_p),
            static_cast<const acc_t*>(boundary_states.data_ptr<acc_t>()), gr);
   });
   if (cu_seqlens.has_value())
-    for (at::Tensor* x : {&dq, &dk, &dv, &dbeta, &dld, &dph, &dinit}) fill_nan_if_invalid(*x, st, stream);
+    fill_nan_if_invalid({&dq, &dk, &dv, &dbeta, &dld, &dph, &dinit}, st.valid, stream);
   return {dq, dk, dv, dbeta, dld, dph, dinit};
 }
 

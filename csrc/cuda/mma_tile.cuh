@@ -1,0 +1,95 @@
+// Block-wide matrix products on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation) over
+// element accessors, for the chunk kernels' (C × C) and (C × D) products; free of torch headers.
+//
+// out(i, j, Σ_{k<K} a(i, k) b(k, j)) for i < M, j < N, every thread of the block calling it; a and
+// b return fp32 values (from shared-memory tiles, possibly combined, e.g. T_tj β_j). An operand
+// whose values are exact in bf16 (rows of bf16 inputs) goes to the tensor cores as is; any
+// other operand x is split x = hi + lo, hi = bf16(x), lo = bf16(x − hi) (16 significant bits),
+// and the product sums hi·hi + hi·lo + lo·hi, so that rounding operands to bf16 never costs more
+// than ~2⁻¹⁶ relative per product — far below the bf16 tolerance, and exact enough that the
+// state maps built from these products (M = I − KᵀW) chain over 512 chunks without drift.
+//
+// Warp tiles of 16 × 32 (the A fragment serves four n8 tiles); fragments follow the PTX layout of
+// mma.m16n8k16 (lane = 4g + c): A rows g, g + 8, columns 2c, 2c + 1, 2c + 8, 2c + 9; B columns g,
+// rows 2c, 2c + 1, 2c + 8, 2c + 9; D rows g, g + 8, columns 2c, 2c + 1. Out-of-range elements
+// are zero (the accessors are never called outside [0, M) × [0, K) and [0, K) × [0, N)).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace cdssm {
+namespace cuda {
+namespace mma {
+
+__device__ inline uint32_t bits(__nv_bfloat162 x) { return *reinterpret_cast<uint32_t*>(&x); }
+
+// (x0, x1) → bf16 pair (x0 in the low half), and its rounding residual when kSplit.
+template <bool kSplit>
+__device__ inline void pack(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  hi = bits(h);
+  if (kSplit) {
+    const float2 hf = __bfloat1622float2(h);
+    lo = bits(__floats2bfloat162_rn(x0 - hf.x, x1 - hf.y));
+  }
+}
+
+// d += a b for one m16n8k16 tile.
+__device__ inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <bool kSplitA, bool kSplitB, typename FA, typename FB, typename FO>
+__device__ void block_product(int M, int N, int K, FA a, FB b, FO out) {
+  constexpr int kNT = 4;  // n8 tiles per warp tile
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int tiles_m = (M + 15) / 16, tiles_n = (N + 8 * kNT - 1) / (8 * kNT);
+  const auto A = [&](int i, int k) { return i < M && k < K ? a(i, k) : 0.f; };
+  const auto B = [&](int k, int j) { return k < K && j < N ? b(k, j) : 0.f; };
+  for (int w = threadIdx.x / 32; w < tiles_m * tiles_n; w += blockDim.x / 32) {
+    const int i0 = (w / tiles_n) * 16, j0 = (w % tiles_n) * 8 * kNT;
+    float acc[kNT][4];
+#pragma unroll
+    for (int n = 0; n < kNT; ++n)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[n][r] = 0.f;
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      uint32_t ah[4], al[4];
+      const int r0 = i0 + g, ka = k0 + 2 * c;
+      pack<kSplitA>(A(r0, ka), A(r0, ka + 1), ah[0], al[0]);
+      pack<kSplitA>(A(r0 + 8, ka), A(r0 + 8, ka + 1), ah[1], al[1]);
+      pack<kSplitA>(A(r0, ka + 8), A(r0, ka + 9), ah[2], al[2]);
+      pack<kSplitA>(A(r0 + 8, ka + 8), A(r0 + 8, ka + 9), ah[3], al[3]);
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+        const int j = j0 + 8 * n + g;
+        if (j0 + 8 * n >= N) break;
+        uint32_t bh[2], bl[2];
+        pack<kSplitB>(B(ka, j), B(ka + 1, j), bh[0], bl[0]);
+        pack<kSplitB>(B(ka + 8, j), B(ka + 9, j), bh[1], bl[1]);
+        mma_bf16(acc[n], ah, bh);
+        if (kSplitB) mma_bf16(acc[n], ah, bl);
+        if (kSplitA) mma_bf16(acc[n], al, bh);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < kNT; ++n) {
+      const int j = j0 + 8 * n + 2 * c;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = i0 + g + 8 * (r / 2), jj = j + r % 2;
+        if (i < M && jj < N) out(i, jj, acc[n][r]);
+      }
+    }
+  }
+}
+
+}  // namespace mma
+}  // namespace cuda
+}  // namespace cdssm
