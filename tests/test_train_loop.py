@@ -142,8 +142,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pt")
     save_checkpoint(path, {"step": 1, "w": torch.arange(4)})
 
-    def failing_save(obj, f):
-        f.write(b"partial bytes")
+    def failing_save(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"partial bytes")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)

@@ -13,10 +13,11 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Callable, NamedTuple, Optional
 
+from ..argtypes import positive_float, positive_int
+from ..files import atomic_write
 from ..training.config import TrainConfig
 
 # One-switch (or the utility pair) ablations of the issue, by name → TrainConfig fields.
@@ -61,29 +62,6 @@ def model_specs(archs, state_pairs, ablations) -> list:
 
 
 # ---- command line -----------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
-positive_int, positive_float = _positive_int, _positive_float
-
-
 def _ablation_name(text: str) -> str:
     if text != "all" and text not in ABLATIONS:
         raise argparse.ArgumentTypeError(f"expected 'all' or one of {', '.join(ABLATIONS)}, "
@@ -97,7 +75,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, d_model, n_layers: 
     rows = parser.add_argument_group("models (rows of the table)")
     rows.add_argument("--arch", nargs="+", choices=("cdssm", "transformer"),
                       default=["cdssm", "transformer"], help="architectures to compare")
-    rows.add_argument("--state-pairs", nargs="+", type=_positive_int, default=[1, 8],
+    rows.add_argument("--state-pairs", nargs="+", type=positive_int, default=[1, 8],
                       metavar="P", help="CD-SSM state pairs P, one row each")
     rows.add_argument("--ablation", action="append", type=_ablation_name, default=[],
                       metavar="NAME",
@@ -108,16 +86,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, d_model, n_layers: 
                            "repeatable")
     size = parser.add_argument_group("model size and training")
     if isinstance(d_model, list):
-        size.add_argument("--d-model", nargs="+", type=_positive_int, default=d_model,
+        size.add_argument("--d-model", nargs="+", type=positive_int, default=d_model,
                           metavar="D", help="residual widths d (one model per width)")
     else:
-        size.add_argument("--d-model", type=_positive_int, default=d_model, metavar="D",
+        size.add_argument("--d-model", type=positive_int, default=d_model, metavar="D",
                           help="residual width d (a multiple of 64)")
-    size.add_argument("--n-layers", type=_positive_int, default=n_layers, help="blocks n")
-    size.add_argument("--steps", type=_positive_int, default=steps, help="optimizer steps")
-    size.add_argument("--batch-size", type=_positive_int, default=batch_size,
+    size.add_argument("--n-layers", type=positive_int, default=n_layers, help="blocks n")
+    size.add_argument("--steps", type=positive_int, default=steps, help="optimizer steps")
+    size.add_argument("--batch-size", type=positive_int, default=batch_size,
                       help="sequences per step")
-    size.add_argument("--lr", type=_positive_float, default=lr, help="peak learning rate")
+    size.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
     size.add_argument("--warmup-steps", type=int, default=None,
                       help="linear warmup steps (default: 10%% of --steps)")
     run = parser.add_argument_group("execution and output")
@@ -277,35 +255,11 @@ def environment() -> dict:
     return env
 
 
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Writes ``payload`` as indented JSON, atomically."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-
-    _atomic(path, write)
-
-
 def save_figure(fig, path: str) -> None:
     """Saves a matplotlib figure as PNG, atomically, and closes it."""
     import matplotlib.pyplot as plt
 
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
     plt.close(fig)
 
 

@@ -16,8 +16,9 @@ import argparse
 import numpy as np
 from tqdm import tqdm
 
+from ..files import write_json
 from .common import (args_record, environment, format_table, positive_int, pyplot,
-                     resolved_precision, row_record, save_figure, write_json)
+                     resolved_precision, row_record, save_figure)
 from .lm import add_lm_arguments, fit_rows
 
 

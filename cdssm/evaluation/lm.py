@@ -13,9 +13,9 @@ import math
 
 from tqdm import tqdm
 
+from ..files import write_json
 from .common import (add_common_arguments, args_record, environment, fit, format_table,
-                     positive_int, pyplot, row_record, rows_from_args, save_figure,
-                     train_settings, write_json)
+                     positive_int, pyplot, row_record, rows_from_args, save_figure, train_settings)
 
 DEFAULT_DATA = "data/shakespeare"
 

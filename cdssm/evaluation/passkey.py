@@ -21,9 +21,10 @@ import argparse
 import numpy as np
 from tqdm import tqdm
 
+from ..files import write_json
 from .common import (add_common_arguments, args_record, environment, fit, format_table,
                      labelled_predictions, positive_int, pyplot, resolved_precision, row_record,
-                     rows_from_args, save_figure, train_settings, write_json)
+                     rows_from_args, save_figure, train_settings)
 
 IGNORE = -100
 KEY, END, ASK = 10, 11, 12

@@ -18,16 +18,14 @@ and the zero state's shapes (batch dimension 1). Every file is written to a temp
 renamed; the manifest comes last, so a directory with a manifest is complete.
 """
 
-import json
 import os
-import tempfile
 
 import torch
 from torch import nn
 from torch.export import Dim
 
 from ..models.cdssm import CDSSMForCausalLM
-from ..models.pretrained import _atomic_write
+from ..files import atomic_write, write_json
 from ..training.precision import resolve_device
 
 MANIFEST_NAME = "manifest.json"
@@ -118,7 +116,10 @@ def export_packages(model: CDSSMForCausalLM, out_dir: str, device: str = "cpu",
         bar.update(len(programs))
         for name, program in programs.items():
             bar.set_postfix_str(f"AOTInductor: {PROGRAM_FILES[name]}")
-            _compile_to(program, os.path.join(out_dir, PROGRAM_FILES[name]))
+            atomic_write(os.path.join(out_dir, PROGRAM_FILES[name]),
+                         lambda tmp: torch._inductor.aoti_compile_and_package(program,
+                                                                              package_path=tmp),
+                         suffix=".pt2")
             bar.update()
     zero = model.init_state(1)
     manifest = {
@@ -128,8 +129,7 @@ def export_packages(model: CDSSMForCausalLM, out_dir: str, device: str = "cpu",
                   for name, t in zip(type(zero)._fields, zero)},
         "torch": torch.__version__,
     }
-    _atomic_write(os.path.join(out_dir, MANIFEST_NAME),
-                  lambda p: open(p, "w").write(json.dumps(manifest, indent=2) + "\n"))
+    write_json(os.path.join(out_dir, MANIFEST_NAME), manifest)
     return manifest
 
 
@@ -137,17 +137,3 @@ def _copy_to(model: CDSSMForCausalLM, device: str, dtype: torch.dtype) -> CDSSMF
     copy = type(model)(model.config)
     copy.load_state_dict(model.state_dict())
     return copy.to(device=device, dtype=dtype).eval()
-
-
-def _compile_to(program, path: str) -> None:
-    """aoti_compile_and_package into a temporary name beside ``path``, then renamed."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                               suffix=".pt2")
-    os.close(fd)
-    try:
-        torch._inductor.aoti_compile_and_package(program, package_path=tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

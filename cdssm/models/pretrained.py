@@ -8,26 +8,13 @@ once and re-tied on load. Files are written atomically (temporary name, then ren
 
 import json
 import os
-import tempfile
 
-import torch
 from safetensors.torch import load_file, save_file
+
+from ..files import atomic_write, write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _unique_tensors(state_dict):
@@ -49,10 +36,9 @@ class PretrainedMixin:
         """Writes ``config.json`` ({"arch": ..., **config}) and ``model.safetensors``."""
         os.makedirs(directory, exist_ok=True)
         config = {"arch": self.arch, **self.config.to_dict()}
-        _atomic_write(os.path.join(directory, CONFIG_NAME),
-                      lambda p: open(p, "w").write(json.dumps(config, indent=2) + "\n"))
+        write_json(os.path.join(directory, CONFIG_NAME), config)
         weights = _unique_tensors(self.state_dict())
-        _atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda p: save_file(weights, p))
+        atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda p: save_file(weights, p))
 
     @classmethod
     def from_pretrained(cls, directory: str, map_location: str = "cpu"):

@@ -67,7 +67,6 @@ def approx_chunk_delta_scan(
     check_chunk_size(chunk_size)
     x = prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, None)
     B, T, H, D = x.q.shape
-    P = x.v.shape[3]
     if T == 0:
         raise ValueError("q: expected at least one token (T >= 1), got T = 0")
     C = chunk_size

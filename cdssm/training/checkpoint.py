@@ -8,10 +8,11 @@ the previous one (``os.replace``), so a crash mid-write leaves the previous chec
 
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
+
+from ..files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -22,19 +23,7 @@ def checkpoint_path(out_dir: str) -> str:
 
 def save_checkpoint(path: str, checkpoint: dict) -> None:
     """torch.save to a temporary file beside ``path``, fsync, then rename it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-checkpoint-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(path: str) -> dict:

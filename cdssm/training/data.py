@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, TextIO,
 import numpy as np
 from tqdm import tqdm
 
+from ..files import write_json
 from .tokenizer import GPT2, eot_id, get_encoding
 
 FORMAT = "cdssm-tokens-1"
@@ -191,14 +192,6 @@ def _publish(temporary: str, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
-    _publish(file.name, path)
-
-
 def _write_shards(target: Path, sources: Sequence[Source], is_val: np.ndarray,
                   encoding, eot: int, dtype: np.dtype, progress: bool):
     """Tokenizes every document into temporary shards in ``target``, then renames them into
@@ -262,7 +255,7 @@ def prepare(inputs: Sequence[PathLike], out_dir: PathLike, *, corpus: Optional[s
     tokens, documents = _write_shards(target, sources, is_val, encoding, eot, dtype, progress)
     meta = dict(options, vocab_size=encoding.n_vocab, dtype=dtype.name, eot_id=eot,
                 tokens=tokens, documents=documents, sources=[s.name for s in sources])
-    _write_json_atomic(target / "meta.json", meta)
+    write_json(str(target / "meta.json"), meta)
     print(f"{target}: {tokens['train']:,} train + {tokens['val']:,} val tokens "
           f"({documents['train']} + {documents['val']} documents from {len(sources)} sources, "
           f"{tokenizer}, {dtype.name})", file=out)
