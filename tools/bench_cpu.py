@@ -10,8 +10,6 @@ Example: python tools/bench_cpu.py --pairs 1 4 8 --json runs/bench_cpu.json
 """
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import time
@@ -19,6 +17,7 @@ import time
 import torch
 
 from cdssm.ops import chunk_delta_scan, chunk_delta_scan_reference, recurrent_delta_scan_reference
+from cdssm.files import write_json
 
 
 def _time(fn, repeats: int, warmup: int = 1) -> float:
@@ -132,9 +131,7 @@ def main(argv=None):
         print(f"{'P':>3} {'mode':<10} {'step ms':>10} {'tok/s':>10}")
         for r in rows:
             print(f"{r['P']:>3} {r['mode']:<10} {r['step_ms']:>10.1f} {r['tokens_per_s']:>10.0f}")
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(a.json, result)
     print(f"\nwrote {a.json}")
 
 

@@ -47,6 +47,7 @@ from cdssm.inference.export import export_programs
 from cdssm.models.cdssm import CDSSMForCausalLM
 from cdssm.models.rotary import apply_rotary, rotary_tables
 from cdssm.models.transformer import TransformerConfig, TransformerForCausalLM
+from cdssm.files import write_json
 
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
 DTYPE = torch.bfloat16
@@ -313,9 +314,7 @@ def main(argv=None):
               "rows": [], "prefill": [], "checks": {}, "setup_s": {}}
 
     def save():
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(a.json, result)
 
     def add(row):
         result["rows"].append(row)

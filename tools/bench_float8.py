@@ -18,7 +18,6 @@ Example: python tools/bench_float8.py --json runs/bench_float8.json
 import argparse
 import copy
 import json
-import os
 
 import torch
 from torch import nn
@@ -27,6 +26,7 @@ from cuda_timing import cuda_time_ms, gpu_lock, matmul_peak_tflops
 
 from cdssm.models.registry import ARCHITECTURES
 from cdssm.training.precision import convert_to_float8, float8_eligible
+from cdssm.files import write_json
 
 VOCAB = 50257
 DEVICE = "cuda"  # a CPU dry run of the code paths sets "cpu"
@@ -190,9 +190,7 @@ def main(argv=None):
         print(f"{row['arch']:<12} {row['part']:<8} {cell(b, 'ms', '.2f'):>9} "
               f"{cell(f, 'ms', '.2f'):>10} {row.get('speedup', float('nan')):>7.2f}x "
               f"{cell(b, 'peak_gib', '.1f'):>9} {cell(f, 'peak_gib', '.1f'):>8}")
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(a.json, result)
     print(f"wrote {a.json}")
 
 

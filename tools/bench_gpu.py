@@ -15,7 +15,6 @@ Example: python tools/bench_gpu.py --json runs/bench_gpu.json
 
 import argparse
 import json
-import os
 
 import torch
 
@@ -25,6 +24,7 @@ from cdssm.config import CDSSMConfig
 from cdssm.models.attention import plan_attention
 from cdssm.models.cdssm import CDSSMBlock, CDSSMForCausalLM
 from cdssm.models.transformer import TransformerBlock, TransformerConfig, TransformerForCausalLM
+from cdssm.files import write_json
 
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
 
@@ -147,9 +147,7 @@ def main(argv=None):
     table(result["block"], "block fwd+bwd, compiled", "")
     if result["lm"]:
         table(result["lm"], f"{N_LAYERS}-layer LM training step", "  MFU(CD)   MFU(Tf)")
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(a.json, result)
     print(f"wrote {a.json}")
 
 

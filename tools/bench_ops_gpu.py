@@ -16,14 +16,13 @@ Example: python tools/bench_ops_gpu.py --json runs/bench_ops_gpu.json
 """
 
 import argparse
-import json
-import os
 
 import torch
 
 from cuda_timing import cuda_time_ms
 
 import cdssm.ops  # noqa: F401  (loads the op library)
+from cdssm.files import write_json
 
 OPS = torch.ops.cdssm
 
@@ -133,9 +132,7 @@ def main():
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda)
     print(meta)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, conv=conv, decode=decode), f, indent=1)
+        write_json(args.json, dict(meta=meta, conv=conv, decode=decode))
 
 
 if __name__ == "__main__":

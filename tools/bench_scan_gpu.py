@@ -11,14 +11,13 @@ Example: python tools/bench_scan_gpu.py --json runs/bench_scan_gpu.json
 """
 
 import argparse
-import json
-import os
 
 import torch
 
 from cuda_timing import cuda_time_ms
 
 from cdssm.ops import chunk_delta_scan
+from cdssm.files import write_json
 
 
 def scan_inputs(B, T, H, D, P, dtype, seed=0):
@@ -103,9 +102,7 @@ def main():
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda)
     print(meta)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, results=results), f, indent=1)
+        write_json(args.json, dict(meta=meta, results=results))
 
 
 if __name__ == "__main__":

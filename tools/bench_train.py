@@ -23,7 +23,6 @@ Example (the gpt2-small throughput of docs/benchmarks.md):
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import time
 from unittest import mock
@@ -35,6 +34,7 @@ from cuda_timing import gpu_lock, matmul_peak_tflops
 from cdssm.training.config import ARCHS, PRESETS, resolve_config
 from cdssm.training.loop import Trainer
 from cdssm.training.parallel import ParallelInfo
+from cdssm.files import write_json
 
 H100_SXM_BF16_TFLOPS = 989.4  # dense, no sparsity
 
@@ -156,9 +156,7 @@ def main(argv=None):
               f"{r['mean_tok_per_s']:>11,.0f} {r['median_tok_per_s']:>13,.0f} "
               f"{r['max_step_ms'] / 1e3:>10.2f} {r['model_tflops']:>8.1f} {r['mfu']:>6.1%} "
               f"{r['peak_gib']:>9.1f} {r['graphs']:>6}")
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(a.json, result)
     print(f"wrote {a.json}")
 
 

@@ -16,7 +16,6 @@ Example: python tools/gpu_check.py [--ops chunk,recurrent,conv] [--json runs/gpu
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -25,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import cdssm.ops  # noqa: E402,F401  (loads the op library)
+from cdssm.files import write_json
 from scan_cases import cu_seqlens_from_lengths, make_inputs, relative_error  # noqa: E402
 
 OPS = torch.ops.cdssm
@@ -351,9 +351,7 @@ def main():
         rows.append(dict(case=label, ok=ok))
     print(f"{failed} failed of {len(rows)}  ({torch.cuda.get_device_name()}, torch {torch.__version__})")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(args.json, rows)
     return 1 if failed else 0
 
 

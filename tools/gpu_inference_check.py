@@ -29,6 +29,7 @@ from cdssm.inference.packages import PackagedLM
 from cdssm.models.cdssm import CDSSMForCausalLM
 from cdssm.models.registry import build_model
 from cdssm.ops._library import library_path
+from cdssm.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = [[464, 3290, 373], [50], list(range(1000, 1070)), [7, 8, 9, 10]]
@@ -147,10 +148,8 @@ def main(argv=None):
 
     attempt("cpp runner on cuda packages", cpp_runner)
 
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "rows": rows}, f, indent=2)
+    write_json(a.json, {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                   "rows": rows})
     failed = [r for r in rows if not r["ok"]]
     print(f"\n{len(rows) - len(failed)} of {len(rows)} pass")
     return 1 if failed else 0
