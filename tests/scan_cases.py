@@ -34,6 +34,15 @@ def make_inputs(B, T, H, D, P, *, dtype=torch.float64, decay="random", initial_s
     return out
 
 
+def make_cotangents(B, T, H, D, P, N, *, dtype, state_dtype, seed=1):
+    """Random upstream gradients of a scan's outputs, drawn in float64 from one generator:
+    grad_o (B, T, H, P, 2) in ``dtype`` and grad_final (N, H, 2P, D) in ``state_dtype``."""
+    gen = torch.Generator().manual_seed(seed)
+    grad_o = torch.randn(B, T, H, P, 2, generator=gen, dtype=torch.float64).to(dtype)
+    grad_final = torch.randn(N, H, 2 * P, D, generator=gen, dtype=torch.float64).to(state_dtype)
+    return grad_o, grad_final
+
+
 def cu_seqlens_from_lengths(lengths):
     """int32 offsets [0, l0, l0 + l1, ...] of packed sequences of these lengths, or None."""
     if lengths is None:

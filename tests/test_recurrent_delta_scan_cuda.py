@@ -6,7 +6,8 @@ import torch
 
 import cdssm.ops  # noqa: F401  (loads the op library)
 
-from scan_cases import assert_close_by_name, cu_seqlens_from_lengths, make_inputs
+from scan_cases import (assert_close_by_name, cu_seqlens_from_lengths, make_cotangents,
+                        make_inputs)
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -35,9 +36,7 @@ def test_cuda_matches_cpu(B, T, H, D, P, decay, lengths, dtype):
     cu = cu_seqlens_from_lengths(lengths)
     N = B if cu is None else len(lengths)
     args = make_inputs(B, T, H, D, P, dtype=dtype, decay=decay, initial_state=True, n_states=N)
-    gen = torch.Generator().manual_seed(1)
-    grad_o = torch.randn(B, T, H, P, 2, generator=gen, dtype=torch.float64).to(dtype)
-    grad_final = torch.randn(N, H, 2 * P, D, generator=gen, dtype=torch.float64).to(args[4].dtype)
+    grad_o, grad_final = make_cotangents(B, T, H, D, P, N, dtype=dtype, state_dtype=args[4].dtype)
     ref64 = [t.double() for t in args]
     ref = OPS.recurrent_delta_scan_fwd(*ref64, cu)
     ref_grads = OPS.recurrent_delta_scan_bwd(grad_o.double(), grad_final.double(), *ref64, cu)

@@ -24,8 +24,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import cdssm.ops  # noqa: E402,F401  (loads the op library)
-from cdssm.files import write_json
-from scan_cases import cu_seqlens_from_lengths, make_inputs, relative_error  # noqa: E402
+from cdssm.files import write_json  # noqa: E402
+from scan_cases import (cu_seqlens_from_lengths, make_cotangents, make_inputs,  # noqa: E402
+                        relative_error)
 
 OPS = torch.ops.cdssm
 # ‖out − ref‖ / ‖ref‖ allowed per dtype (outputs are rounded to the dtype; state math is fp32).
@@ -77,10 +78,8 @@ def run_case(case, seed):
     N = B if cu is None else len(lengths)
     q, k, v, beta, ld, ph, s0 = make_inputs(B, T, H, D, P, dtype=dtype, decay=decay,
                                             initial_state=init, n_states=N, seed=seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    grad_o = torch.randn(B, T, H, P, 2, generator=gen, dtype=torch.float64).to(dtype)
-    sdt = ld.dtype
-    grad_final = torch.randn(N, H, 2 * P, D, generator=gen, dtype=torch.float64).to(sdt)
+    grad_o, grad_final = make_cotangents(B, T, H, D, P, N, dtype=dtype, state_dtype=ld.dtype,
+                                         seed=seed + 1)
     cpu64 = [None if t is None else t.double() for t in (q, k, v, beta, ld, ph, s0)]
     ref_fwd = OPS.chunk_delta_scan_fwd(*cpu64, cu, C)
     ref_bwd = OPS.chunk_delta_scan_bwd(grad_o.double(), grad_final.double(), *cpu64[:6], ref_fwd[2],
