@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Optional
 
 from ..argtypes import positive_float, positive_int
 from ..files import atomic_write
+from ..models.parameters import count_parameters
 from ..training.config import TrainConfig
 
 # One-switch (or the utility pair) ablations of the issue, by name → TrainConfig fields.
@@ -198,13 +199,10 @@ def fit(spec: ModelSpec, settings: dict, root: str, *, make_loader: Optional[Cal
         seconds, tokens_per_s = time.perf_counter() - tic, result.tokens_per_s
         model, trained = result.model, True
     losses, val = _logged(run_dir)
-    return Fitted(model.eval(), config, losses, val, count_parameters(model), trained, seconds,
-                  None if tokens_per_s is None or math.isnan(tokens_per_s) else tokens_per_s)
-
-
-def count_parameters(model) -> int:
-    """Trainable parameters, a tied weight once."""
-    return sum(p.numel() for p in model.parameters())
+    if tokens_per_s is not None and math.isnan(tokens_per_s):
+        tokens_per_s = None
+    return Fitted(model.eval(), config, losses, val, count_parameters(model)["total"], trained,
+                  seconds, tokens_per_s)
 
 
 # ---- scoring ------------------------------------------------------------------------------------
