@@ -15,6 +15,7 @@ from .checkpoints import load_checkpoint_model, preset_model
 from .generate import stream
 from .text import token_text
 
+
 def load_model(checkpoint: Optional[str], preset: Optional[str], arch: str, seed: int):
     """The model of ``--checkpoint`` or ``--preset`` (exactly one), on CPU."""
     if (checkpoint is None) == (preset is None):

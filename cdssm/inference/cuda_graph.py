@@ -17,6 +17,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from .generate import ModelRunner
+from .programs import DecodeProgram
 
 
 class CUDAGraphStep:
@@ -32,6 +33,7 @@ class CUDAGraphStep:
         if not leaves or any(t.device.type != "cuda" for t in leaves):
             raise ValueError("state: expected the tensors of a decode state on a CUDA device")
         self.model = model
+        self._decode = DecodeProgram(model)
         self.tokens = torch.zeros(leaves[0].shape[1], dtype=torch.int64, device=leaves[0].device)
         self.state = pytree.tree_map(torch.clone, state)
         side = torch.cuda.Stream()
@@ -47,8 +49,8 @@ class CUDAGraphStep:
 
     @torch.no_grad()
     def _run(self) -> torch.Tensor:
-        out = self.model(self.tokens[:, None], state=self.state)
-        new_leaves = pytree.tree_leaves(out.state)
+        logits, new_state = self._decode(self.tokens, self.state)
+        new_leaves = pytree.tree_leaves(new_state)
         buffers = pytree.tree_leaves(self.state)
         if [t.shape for t in new_leaves] != [t.shape for t in buffers]:
             raise ValueError(
@@ -58,7 +60,7 @@ class CUDAGraphStep:
         for buffer, new in zip(buffers, new_leaves):
             if new is not buffer:
                 buffer.copy_(new)
-        return out.logits[:, -1]
+        return logits
 
     def load(self, state) -> None:
         for buffer, value in zip(pytree.tree_leaves(self.state), pytree.tree_leaves(state)):

@@ -21,43 +21,17 @@ renamed; the manifest comes last, so a directory with a manifest is complete.
 import os
 
 import torch
-from torch import nn
 from torch.export import Dim
 
-from ..models.cdssm import CDSSMForCausalLM
 from ..files import atomic_write, write_json
+from ..models.cdssm import CDSSMForCausalLM
 from ..training.precision import resolve_device
+from .programs import DecodeProgram, PrefillProgram
 
 MANIFEST_NAME = "manifest.json"
 PROGRAM_FILES = {"prefill": "prefill.pt2", "decode": "decode.pt2"}
 FORMAT = "cdssm-aoti-1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-class PrefillProgram(nn.Module):
-    """(input_ids (1, T), cu_seqlens (N + 1,) int32) → (logits (N, V), state after each prompt)."""
-
-    def __init__(self, model: CDSSMForCausalLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor):
-        state = self.model.init_state(cu_seqlens.shape[0] - 1, device=input_ids.device)
-        out = self.model(input_ids, cu_seqlens=cu_seqlens, state=state,
-                         logit_positions=cu_seqlens[1:] - 1)
-        return out.logits[0], out.state
-
-
-class DecodeProgram(nn.Module):
-    """(tokens (N,), state) → (logits (N, V), next state): one O(1) step per sequence."""
-
-    def __init__(self, model: CDSSMForCausalLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, state):
-        out = self.model(tokens[:, None], state=state)
-        return out.logits[:, -1], out.state
 
 
 def export_programs(model: CDSSMForCausalLM) -> dict:

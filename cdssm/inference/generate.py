@@ -16,6 +16,8 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from .programs import DecodeProgram, PrefillProgram
+
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int],
                 top_p: Optional[float], generator: torch.Generator) -> torch.Tensor:
@@ -66,19 +68,15 @@ class ModelRunner:
         self.model = model
         self.vocab_size = model.config.vocab_size
         self.device = next(model.parameters()).device
+        self._prefill, self._decode = PrefillProgram(model), DecodeProgram(model)
 
     @torch.no_grad()
     def prefill(self, prompts: list):
-        input_ids, cu_seqlens = pack_prompts(prompts, self.device)
-        out = self.model(input_ids, cu_seqlens=cu_seqlens,
-                         state=self.model.init_state(len(prompts), device=self.device),
-                         logit_positions=cu_seqlens[1:] - 1)
-        return out.logits[0], out.state
+        return self._prefill(*pack_prompts(prompts, self.device))
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, state):
-        out = self.model(tokens[:, None], state=state)
-        return out.logits[:, -1], out.state
+        return self._decode(tokens, state)
 
 
 def _is_causal_lm(model) -> bool:
