@@ -34,7 +34,6 @@ Example: python tools/bench_decode.py --json runs/bench_decode.json
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 
@@ -44,30 +43,16 @@ import torch.nn.functional as F
 from cdssm.config import CDSSMConfig
 from cdssm.inference.cuda_graph import CUDAGraphStep
 from cdssm.inference.export import export_programs
+from cdssm.inference.programs import DecodeProgram
 from cdssm.models.cdssm import CDSSMForCausalLM
 from cdssm.models.rotary import apply_rotary, rotary_tables
 from cdssm.models.transformer import TransformerConfig, TransformerForCausalLM
 from cdssm.files import write_json
+from cuda_timing import cuda_time_ms
 
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
 DTYPE = torch.bfloat16
 DEVICE = "cuda"
-
-
-def step_ms(step, warmup: int, repeats: int, steps: int) -> float:
-    """Median over ``repeats`` of the device time of ``steps`` consecutive calls, per call."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / steps)
-    return statistics.median(times)
 
 
 def timed_once_ms(fn):
@@ -90,13 +75,6 @@ class Recurrent:
         out = self.fn(self.tokens, self.state)
         self.state = out[1]
         return out[0]
-
-
-def model_step(model):
-    def step(tokens, state):
-        out = model(tokens[:, None], state=state)
-        return out.logits[:, -1], out.state
-    return step
 
 
 @torch.no_grad()
@@ -244,7 +222,7 @@ def cdssm_row(variant, steps, model, compiled, state, tokens, reference, key, a)
             fn = Recurrent(steps[variant], tokens, state)
     setup_s = time.perf_counter() - start  # compile, capture, first step
     diff = (logits - reference.setdefault(key, logits)).abs().max().item()
-    ms = step_ms(fn, a.warmup, a.repeats, a.steps)
+    ms = cuda_time_ms(fn, a.warmup, a.repeats, inner=a.steps)
     return {"ms": ms, "tok_per_s": B / ms * 1e3, "setup_s": setup_s,
             "max_abs_logit_diff_vs_first_variant": diff}
 
@@ -263,14 +241,14 @@ def transformer_row(model, variant: str, L: int, B: int, a) -> dict:
     steps = a.steps
     if variant == "eager":  # the model's cache grows by a copy per step: fewer steps
         valid = torch.ones(B, L, dtype=torch.bool, device=DEVICE)
-        fn = Recurrent(model_step(model), torch.randint(0, VOCAB, (B,), device=DEVICE),
+        fn = Recurrent(DecodeProgram(model), torch.randint(0, VOCAB, (B,), device=DEVICE),
                        KVCache(k, v, valid))
         steps = max(2, a.steps // 4)
     else:
         fn = (FlashKVDecode if variant.startswith("flash") else StaticKVDecode)(model, k, v, L)
         if variant.endswith("+graph"):
             fn = GraphedStatic(fn)
-    ms = step_ms(fn, 1, a.repeats, steps)
+    ms = cuda_time_ms(fn, 1, a.repeats, inner=steps)
     return {"arch": "transformer", "variant": variant, "L": L, "B": B, "ms": ms,
             "tok_per_s": B / ms * 1e3}
 
@@ -368,7 +346,7 @@ def main(argv=None):
                                       "tok_per_s": B * L / ms * 1e3})
             print(json.dumps(result["prefill"][-1]), flush=True)
     compiled = torch.compile(cd, fullgraph=True)
-    steps = {"eager": model_step(cd), "compiled": model_step(compiled)}
+    steps = {"eager": DecodeProgram(cd), "compiled": DecodeProgram(compiled)}
     reference = {}
     for variant in a.variants:
         if variant == "aoti":
