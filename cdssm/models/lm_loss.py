@@ -11,6 +11,10 @@ IGNORE_INDEX = -100
 
 # Tokens per cross-entropy chunk: at V = 50257 one chunk's fp32 logits take 412 MB.
 LOSS_CHUNK_TOKENS = 2048
+# The output embedding is zero-padded to a multiple of this many rows for the logits matmul:
+# an odd V (50257) gives the logits an odd row stride, which sends cuBLAS to a slow unaligned
+# kernel (the LM head was half of an uncompiled gpt2-small step on an H100).
+VOCAB_ALIGN = 64
 
 
 def shift_labels(labels: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -38,9 +42,11 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX)
 
 
-def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Σ CE over one chunk: hidden (n, d), weight (V, d), target (n,); logits in fp32."""
-    logits = F.linear(hidden, weight).float()
+def _chunk_ce_sum(hidden: torch.Tensor, padded_weight: torch.Tensor, target: torch.Tensor,
+                  V: int) -> torch.Tensor:
+    """Σ CE over one chunk: hidden (n, d), padded_weight (V', d) with V' ≥ V rows (rows ≥ V are
+    padding, left out of the softmax), target (n,); logits in fp32."""
+    logits = F.linear(hidden, padded_weight)[:, :V].float()
     return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
@@ -53,8 +59,12 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     The B·T positions are cut into chunks of ``chunk_tokens``; chunk c contributes
     Σ_{t ∈ c} CE(h_t Wᵀ, target_t), recomputed in the backward (activation checkpointing), so at
     most one chunk's logits live at a time. Loss = Σ_c (chunk sum) / #targets (fp32; 0 when no
-    position has a target).
+    position has a target). The logits matmul runs on ``weight`` zero-padded to a multiple of
+    ``VOCAB_ALIGN`` rows (aligned rows for cuBLAS); the padding columns are sliced off before
+    the softmax, so the loss and gradients are those of the unpadded weight.
     """
+    V = weight.shape[0]
+    padded_weight = F.pad(weight, (0, 0, 0, -V % VOCAB_ALIGN))
     target = shift_labels(labels, cu_seqlens).flatten()
     flat = hidden.flatten(0, 1)
     total = flat.new_zeros((), dtype=torch.float32)
@@ -63,6 +73,6 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     starts = range(0, flat.shape[0], chunk_tokens) if flat.shape[0] > chunk_tokens else (0,)
     for start in starts:
         rows = slice(start, start + chunk_tokens)
-        total = total + checkpoint(_chunk_ce_sum, flat[rows], weight, target[rows],
-                                   use_reentrant=False)
+        total = total + checkpoint(_chunk_ce_sum, flat[rows], padded_weight, target[rows],
+                                   V, use_reentrant=False)
     return total / (target != IGNORE_INDEX).sum().clamp(min=1)
