@@ -145,7 +145,8 @@ template <typename T>
 __host__ __device__ constexpr int row_stride(int D) { return sizeof(T) == 2 ? D + 8 : D + 1; }
 
 // dst[t·row_stride(D) + d] = src row (tok0 + t, h), t < m, in the input dtype (16-byte copies when
-// rows are whole, aligned granules).
+// rows are whole, aligned granules); rows m..C − 1 zero (so that whole 16-row blocks of the tile
+// can feed the tensor cores).
 template <typename scalar_t, typename acc_t>
 __device__ void load_rows(scalar_t* dst, const scalar_t* src, const Inputs<scalar_t, acc_t>& in,
                           int64_t tok0, int m, int h) {
@@ -162,6 +163,7 @@ __device__ void load_rows(scalar_t* dst, const scalar_t* src, const Inputs<scala
       dst[t * L + d] = src[in.qk(tok0 + t, h) + d];
     }
   }
+  for (int i = threadIdx.x; i < (in.C - m) * D; i += blockDim.x) dst[(m + i / D) * L + i % D] = from_acc<scalar_t>(acc_t(0));
 }
 
 // G[p·C + t] = log_decay + i·phase of token t, pair p (before the cumulative sum).
@@ -274,16 +276,35 @@ __device__ void block_product(int M, int N, int K, FA a, FB b, FO out) {
   }
 }
 
+// Whether a kernel instance feeds its bf16 input tiles (rows of D + 8 elements, zero beyond the
+// chunk) to the tensor cores through ldmatrix: bf16 inputs with C and D fixed multiples of 16.
+template <typename scalar_t, int kC, int kD>
+constexpr bool kLdm = std::is_same<scalar_t, __nv_bfloat16>::value && kC > 0 && kC % 16 == 0 &&
+                      kD > 0 && kD % 16 == 0;
+
+// A product operand from a tile t of input rows (row stride ld): as operand A, (i, k) ↦ t[i·ld + k]
+// when kKContig, else t[k·ld + i]; as operand B, (k, j) ↦ t[j·ld + k] when kKContig, else
+// t[k·ld + j]. An ldmatrix-fed mma::Rows when kL, else an fp32 accessor.
+template <bool kL, bool kKContig, typename scalar_t>
+__device__ inline auto rows_a(const scalar_t* t, int ld) {
+  if constexpr (kL) return mma::Rows<kKContig>{t, ld};
+  else return [=](int i, int k) { return to_acc(kKContig ? t[i * ld + k] : t[k * ld + i]); };
+}
+template <bool kL, bool kKContig, typename scalar_t>
+__device__ inline auto rows_b(const scalar_t* t, int ld) {
+  if constexpr (kL) return mma::Rows<kKContig>{t, ld};
+  else return [=](int k, int j) { return to_acc(kKContig ? t[j * ld + k] : t[k * ld + j]); };
+}
+
 // a_t·b_j for j ≤ t (j < t when strict), t < m, from input tiles: into out[t·(C+1) + j], or
 // transposed into out[j·(C+1) + t] (the upper triangle, so that a strictly lower Gram matrix can
 // share the tile).
-template <typename scalar_t, typename acc_t>
+template <bool kL, typename scalar_t, typename acc_t>
 __device__ void lower_gram(acc_t* out, const scalar_t* a, const scalar_t* b, int m, int C, int D,
                            bool strict, bool transposed = false) {
   const int L = row_stride<scalar_t>(D);
   block_product<scalar_t, true, true, acc_t>(
-      m, m, D, [&](int t, int d) { return to_acc(a[t * L + d]); },
-      [&](int d, int j) { return to_acc(b[j * L + d]); },
+      m, m, D, rows_a<kL, true>(a, L), rows_b<kL, true>(b, L),
       [&](int t, int j, acc_t v) {
         if (strict ? j < t : j <= t) out[transposed ? j * (C + 1) + t : t * (C + 1) + j] = v;
       });
@@ -293,8 +314,10 @@ __device__ void lower_gram(acc_t* out, const scalar_t* a, const scalar_t* b, int
 // 16 × 16 diagonal blocks: each diagonal block by forward substitution (one column per thread,
 // T_tj = −β_t (KK_tj + Σ_{j<l<t} KK_tl T_lj)), then the block diagonals I − J = 1, 2, ... as
 //   T_IJ = −T_II X_IJ,  X_IJ = Σ_{J≤K<I} A_IK T_KJ,  A_tl = β_t KK_tl,
-// with X_IJ parked transposed in the (unused) upper triangle until the end.
-template <typename acc_t>
+// with X_IJ parked transposed in the (unused) upper triangle until the end. For bf16/fp16 inputs
+// the two block products run on tensor cores, one warp per (I, J) block and n8 column tile
+// (operands split into hi + lo, as every product of T); else on CUDA cores, one element per thread.
+template <typename scalar_t, typename acc_t>
 __device__ void unit_lower_inverse(acc_t* T, const acc_t* KK, const acc_t* beta, int m, int C) {
   constexpr int kB = 16;
   const int L = C + 1, nb = (m + kB - 1) / kB;
@@ -309,23 +332,46 @@ __device__ void unit_lower_inverse(acc_t* T, const acc_t* KK, const acc_t* beta,
   }
   __syncthreads();
   for (int dist = 1; dist < nb; ++dist) {
-    const int items = (nb - dist) * kB * kB;
-    for (int x = threadIdx.x; x < items; x += blockDim.x) {
-      const int J = x / (kB * kB), I = J + dist;
-      const int t = I * kB + (x / kB) % kB, j = J * kB + x % kB;
-      if (t >= m) continue;
-      acc_t acc = 0;
-      for (int l = j; l < I * kB; ++l) acc += KK[t * L + l] * T[l * L + j];
-      T[j * L + t] = beta[t] * acc;  // X_tj
-    }
-    __syncthreads();
-    for (int x = threadIdx.x; x < items; x += blockDim.x) {
-      const int J = x / (kB * kB), I = J + dist;
-      const int t = I * kB + (x / kB) % kB, j = J * kB + x % kB;
-      if (t >= m) continue;
-      acc_t acc = 0;
-      for (int l = I * kB; l <= t; ++l) acc += T[t * L + l] * T[j * L + l];
-      T[t * L + j] = -acc;
+    if constexpr (kTensorCores<scalar_t>) {
+      // warp w: block J = w / 2, columns c0 + 8 (w % 2) .. + 8 of T_IJ, rows r0 .. r0 + 16.
+      for (int w = threadIdx.x / 32; w < 2 * (nb - dist); w += blockDim.x / 32) {
+        const int J = w / 2, I = J + dist, r0 = I * kB, c0 = J * kB, n0 = 8 * (w % 2);
+        float x[1][4] = {};
+        mma::warp_tile<1, true, true>(
+            x, 0, n0, kB, dist * kB,
+            [&](int i, int k) { return r0 + i < m ? beta[r0 + i] * KK[(r0 + i) * L + c0 + k] : 0.f; },
+            [&](int k, int j) {  // T_KJ, K = J + k / 16 (lower triangle only: the diagonal block K = J)
+              const int l = c0 + k;
+              return l < m && l >= c0 + j ? T[l * L + c0 + j] : 0.f;
+            });
+        mma::warp_tile_out<1>(x, 0, n0, m - r0, kB, [&](int i, int j, float v) { T[(c0 + j) * L + r0 + i] = v; });
+        __syncwarp();
+        float y[1][4] = {};
+        mma::warp_tile<1, true, true>(
+            y, 0, n0, kB, kB,
+            [&](int i, int k) { return k <= i && r0 + i < m ? T[(r0 + i) * L + r0 + k] : 0.f; },  // T_II
+            [&](int k, int j) { return r0 + k < m ? T[(c0 + j) * L + r0 + k] : 0.f; });          // X_IJ
+        mma::warp_tile_out<1>(y, 0, n0, m - r0, kB, [&](int i, int j, float v) { T[(r0 + i) * L + c0 + j] = -v; });
+      }
+    } else {
+      const int items = (nb - dist) * kB * kB;
+      for (int x = threadIdx.x; x < items; x += blockDim.x) {
+        const int J = x / (kB * kB), I = J + dist;
+        const int t = I * kB + (x / kB) % kB, j = J * kB + x % kB;
+        if (t >= m) continue;
+        acc_t acc = 0;
+        for (int l = j; l < I * kB; ++l) acc += KK[t * L + l] * T[l * L + j];
+        T[j * L + t] = beta[t] * acc;  // X_tj
+      }
+      __syncthreads();
+      for (int x = threadIdx.x; x < items; x += blockDim.x) {
+        const int J = x / (kB * kB), I = J + dist;
+        const int t = I * kB + (x / kB) % kB, j = J * kB + x % kB;
+        if (t >= m) continue;
+        acc_t acc = 0;
+        for (int l = I * kB; l <= t; ++l) acc += T[t * L + l] * T[j * L + l];
+        T[t * L + j] = -acc;
+      }
     }
     __syncthreads();
   }
@@ -334,13 +380,12 @@ __device__ void unit_lower_inverse(acc_t* T, const acc_t* KK, const acc_t* beta,
 }
 
 // W_td = Σ_{j≤t} T_tj β_j K_jd into the tile W, and densely into global Wg (if given).
-template <typename scalar_t, typename acc_t>
+template <bool kL, typename scalar_t, typename acc_t>
 __device__ void w_tile(acc_t* W, acc_t* Wg, const acc_t* T, const acc_t* beta, const scalar_t* K,
                        int m, int C, int D) {
   const int LK = row_stride<scalar_t>(D);
   block_product<scalar_t, false, true, acc_t>(
-      m, D, m, [&](int t, int j) { return T[t * (C + 1) + j] * beta[j]; },
-      [&](int j, int d) { return to_acc(K[j * LK + d]); },
+      m, D, m, [&](int t, int j) { return T[t * (C + 1) + j] * beta[j]; }, rows_b<kL, false>(K, LK),
       [&](int t, int d, acc_t v) {
         W[t * (D + 1) + d] = v;
         if (Wg) Wg[t * D + d] = v;
@@ -350,16 +395,16 @@ __device__ void w_tile(acc_t* W, acc_t* Wg, const acc_t* T, const acc_t* beta, c
 // Mg = I − Aᵀ B (D × D, densely in global memory) for (m, D) tiles A, B: the decay-free part
 // of the chunk's state map M = I − Kᵀ W with (A, B) = (K, W), or its transpose with (W, K)
 // (kAIn / kBIn: which of A, B holds input rows).
-template <typename scalar_t, typename acc_t, typename TA, typename TB>
+template <bool kL, typename scalar_t, typename acc_t, typename TA, typename TB>
 __device__ void state_map(acc_t* Mg, const TA* A, const TB* B, int m, int D) {
+  constexpr bool kAIn = std::is_same<TA, scalar_t>::value, kBIn = std::is_same<TB, scalar_t>::value;
   const int LA = row_stride<TA>(D), LB = row_stride<TB>(D);
-  block_product<scalar_t, std::is_same<TA, scalar_t>::value, std::is_same<TB, scalar_t>::value, acc_t>(
-      D, D, m, [&](int d, int t) { return to_acc(A[t * LA + d]); },
-      [&](int t, int e) { return to_acc(B[t * LB + e]); },
+  block_product<scalar_t, kAIn, kBIn, acc_t>(
+      D, D, m, rows_a<kL && kAIn, false>(A, LA), rows_b<kL && kBIn, false>(B, LB),
       [&](int d, int e, acc_t v) { Mg[d * D + e] = (d == e ? acc_t(1) : acc_t(0)) - v; });
 }
 
-// State rows of one (row, head) in the (.., 2P, D) layout <-> complex s[p·D + d].
+// State rows of one (row, head) in the (.., 2P, D) layout -> complex s[p·D + d].
 template <typename acc_t>
 __device__ void load_state(Cx<acc_t>* s, const acc_t* src, int P, int D) {
   for (int i = threadIdx.x; i < P * D; i += blockDim.x) {
@@ -367,15 +412,6 @@ __device__ void load_state(Cx<acc_t>* s, const acc_t* src, int P, int D) {
     s[i] = src ? Cx<acc_t>(src[(2 * p) * D + d], src[(2 * p + 1) * D + d]) : Cx<acc_t>();
   }
 }
-template <typename acc_t>
-__device__ void store_state(acc_t* dst, const Cx<acc_t>* s, int P, int D) {
-  for (int i = threadIdx.x; i < P * D; i += blockDim.x) {
-    const int p = i / D, d = i % D;
-    dst[(2 * p) * D + d] = s[i].re;
-    dst[(2 * p + 1) * D + d] = s[i].im;
-  }
-}
-
 template <typename acc_t>
 __device__ acc_t block_sum(acc_t x) {
   __shared__ double partial[kThreads / 32];
@@ -462,12 +498,38 @@ struct PrepareScratch {
   }
 };
 
-// Per-chunk workspace, indexed by (row, head): W (C, D), u_loc (C, P) [forward only]; the state
-// map M (D, D) (transposed in the backward), c (P, D), Γ_{n−1} (P).
+// One chunk's state map s ← Γ_{n−1} ⊙ (M s) + c as one record of whole 16-byte granules, the
+// same in global memory and in the state chain's shared-memory stages (one copy per chunk):
+// M (D, D) (transposed in the backward), then c (P, D), then Γ_{n−1} (P).
+template <typename acc_t>
+struct MapRecord {
+  int64_t c_off, gam_off, bytes;
+  __host__ __device__ MapRecord(int D, int P) {
+    Carve cv{nullptr};
+    cv.take<acc_t>(int64_t(D) * D);
+    c_off = reinterpret_cast<int64_t>(cv.at);
+    cv.take<Cx<acc_t>>(int64_t(P) * D);
+    gam_off = reinterpret_cast<int64_t>(cv.at);
+    cv.take<Cx<acc_t>>(P);
+    bytes = reinterpret_cast<int64_t>(cv.at);
+  }
+  __device__ acc_t* M(unsigned char* r) const { return reinterpret_cast<acc_t*>(r); }
+  __device__ Cx<acc_t>* c(unsigned char* r) const { return reinterpret_cast<Cx<acc_t>*>(r + c_off); }
+  __device__ Cx<acc_t>* gam(unsigned char* r) const { return reinterpret_cast<Cx<acc_t>*>(r + gam_off); }
+};
+
+// Per-chunk workspace, indexed by (row, head) wrow: W (C, D), u_loc (C, P) [forward only]; the
+// state map record.
 template <typename acc_t>
 struct ChunkWork {
-  acc_t *W, *M;
-  Cx<acc_t> *ul, *c, *gam_end;
+  acc_t* W;
+  Cx<acc_t>* ul;
+  unsigned char* maps;
+  MapRecord<acc_t> rec;
+  __device__ unsigned char* map(int64_t wrow) const { return maps + wrow * rec.bytes; }
+  __device__ acc_t* M(int64_t wrow) const { return rec.M(map(wrow)); }
+  __device__ Cx<acc_t>* c(int64_t wrow) const { return rec.c(map(wrow)); }
+  __device__ Cx<acc_t>* gam_end(int64_t wrow) const { return rec.gam(map(wrow)); }
 };
 
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
@@ -493,13 +555,13 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
     s.vb[i] = Cx<acc_t>(to_acc(in.v[2 * (bh * P + i % P)]), to_acc(in.v[2 * (bh * P + i % P) + 1])) * b;
   }
   __syncthreads();
-  lower_gram<scalar_t>(s.KK, s.K, s.K, m, C, D, true);
+  lower_gram<kLdm<scalar_t, kC, kD>>(s.KK, s.K, s.K, m, C, D, true);
   cumulate_decay(s.G, static_cast<Cx<acc_t>*>(nullptr), m, C, P);
   __syncthreads();
-  unit_lower_inverse(s.T, s.KK, s.beta, m, C);
+  unit_lower_inverse<scalar_t>(s.T, s.KK, s.beta, m, C);
   __syncthreads();
   const int64_t wrow = c.row * in.H + h;
-  w_tile<scalar_t>(s.W, ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
+  w_tile<kLdm<scalar_t, kC, kD>>(s.W, ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
   // u_loc_t = Σ_{j≤t} E_tj T_tj β_j v^c_j;  eu_t = E_{n−1,t} u_loc_t.
   quad_reduce<Cx<acc_t>>(
       m * P,
@@ -516,7 +578,7 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
         s.eu[i] = edecay(s.G + p * C, m - 1, t) * acc;
       });
   __syncthreads();
-  state_map<scalar_t, acc_t>(ws.M + wrow * D * D, s.K, s.W, m, D);
+  state_map<kLdm<scalar_t, kC, kD>, scalar_t>(ws.M(wrow), s.K, s.W, m, D);
   quad_reduce<Cx<acc_t>>(
       P * D,
       [&](int i, int lane) {
@@ -525,134 +587,151 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
         for (int t = lane; t < m; t += 4) acc += s.eu[t * P + p] * to_acc(s.K[t * row_stride<scalar_t>(D) + d]);
         return acc;
       },
-      [&](int i, Cx<acc_t> acc) { ws.c[wrow * P * D + i] = acc; });
-  for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end[wrow * P + p] = cexp(s.G[p * C + m - 1]);
+      [&](int i, Cx<acc_t> acc) { ws.c(wrow)[i] = acc; });
+  for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end(wrow)[p] = cexp(s.G[p * C + m - 1]);
 }
 
 // Forward (2) and backward (2): per (sequence, head), the chain of chunk state maps, in order
 // (forward: s ← Γ_{n−1} ⊙ (M s) + c, storing s at every chunk start, then the final state and
 // the mean chunk-end ‖S‖²) or in reverse (backward: ds ← conj(Γ_{n−1}) ⊙ (Mᵀ ds) + ds_loc,
 // storing ds at every chunk end, then the initial-state gradient). The maps of the next
-// kChainStages − 1 chunks are in flight (asynchronous copies into a ring of shared-memory
+// kChainStages − 1 chunks are in flight (asynchronous 16-byte copies into a ring of shared-memory
 // stages) while the current step runs, so a step waits on no memory latency; s is double
-// buffered, one barrier per step; four threads share a dot product of length D.
+// buffered in the (2P, D) layout of the states (real rows, then imaginary rows), one barrier per
+// step. Four lanes share the dot product of one output (p, d), each over a contiguous quarter of
+// e read in 16-byte vectors, starting at a rotated vector so that the eight threads of a
+// shared-memory phase hit distinct banks (M is stored densely, D × D).
 
 constexpr int kChainStages = 4;
 
-// s (two buffers of P·D), then kChainStages stages of (M (D × ldm), c (P·D), Γ_{n−1} (P)), each
-// `stage` bytes apart (addressed arithmetically, so that no pointer array goes to local memory).
+// s (two buffers of 2P·D), then kChainStages stages of one MapRecord each.
 template <typename acc_t>
 struct ChainScratch {
-  Cx<acc_t>* s0;
+  acc_t* s0;
   unsigned char* stage0;
-  int64_t s_len, stage, c_off, gam_off;
-  int ldm;  // row stride of M: D padded by one 16-byte granule when rows are whole granules
+  int64_t s_len;
+  MapRecord<acc_t> rec;
   int64_t bytes;
-  __host__ __device__ ChainScratch(void* base, int D, int P) {
+  __host__ __device__ ChainScratch(void* base, int D, int P) : rec(D, P) {
     Carve cv{static_cast<unsigned char*>(base)};
-    const int g = 16 / static_cast<int>(sizeof(acc_t));
-    ldm = D % g == 0 ? D + g : D + 1;
-    s_len = int64_t(P) * D;
-    s0 = cv.take<Cx<acc_t>>(2 * s_len);
+    s_len = int64_t(2) * P * D;
+    s0 = cv.take<acc_t>(2 * s_len);
     stage0 = cv.at;
-    cv.take<acc_t>(int64_t(D) * ldm);
-    c_off = static_cast<int64_t>(cv.at - stage0);
-    cv.take<Cx<acc_t>>(int64_t(P) * D);
-    gam_off = static_cast<int64_t>(cv.at - stage0);
-    cv.take<Cx<acc_t>>(P);
-    stage = static_cast<int64_t>(cv.at - stage0);
-    bytes = static_cast<int64_t>(stage0 - static_cast<unsigned char*>(base)) + kChainStages * stage;
+    bytes = static_cast<int64_t>(stage0 - static_cast<unsigned char*>(base)) + kChainStages * rec.bytes;
   }
-  __device__ Cx<acc_t>* s(int64_t k) const { return s0 + (k & 1) * s_len; }
-  __device__ acc_t* M(int b) const { return reinterpret_cast<acc_t*>(stage0 + b * stage); }
-  __device__ Cx<acc_t>* c(int b) const { return reinterpret_cast<Cx<acc_t>*>(stage0 + b * stage + c_off); }
-  __device__ Cx<acc_t>* gam(int b) const {
-    return reinterpret_cast<Cx<acc_t>*>(stage0 + b * stage + gam_off);
-  }
+  __device__ acc_t* s(int64_t k) const { return s0 + (k & 1) * s_len; }
+  __device__ unsigned char* stage(int b) const { return stage0 + b * rec.bytes; }
 };
 
-// Issues the copies of chunk (row, head)'s M, c, Γ_{n−1} into stage b (16-byte copies of M when
-// its rows are whole, aligned granules), then commits them as one batch (empty when wrow < 0).
+// Issues the 16-byte copies of chunk wrow's map record into stage b, then commits them as one
+// batch (empty when wrow < 0).
 template <typename acc_t>
-__device__ void prefetch_map(const ChainScratch<acc_t>& sc, int b, const ChunkWork<acc_t>& ws,
-                             int64_t wrow, int D, int P) {
+__device__ void prefetch_map(const ChainScratch<acc_t>& sc, int b, const ChunkWork<acc_t>& ws, int64_t wrow) {
   if (wrow >= 0) {
-    const acc_t* M = ws.M + wrow * D * D;
-    const int g = 16 / static_cast<int>(sizeof(acc_t));
-    if (D % g == 0 && reinterpret_cast<uintptr_t>(M) % 16 == 0) {
-      const int per_row = D / g;
-      for (int i = threadIdx.x; i < D * per_row; i += blockDim.x)
-        __pipeline_memcpy_async(&sc.M(b)[(i / per_row) * sc.ldm + (i % per_row) * g],
-                                &M[(i / per_row) * D + (i % per_row) * g], 16);
-    } else {
-      for (int i = threadIdx.x; i < D * D; i += blockDim.x)
-        __pipeline_memcpy_async(&sc.M(b)[(i / D) * sc.ldm + i % D], &M[i], sizeof(acc_t));
-    }
-    const acc_t* c = reinterpret_cast<const acc_t*>(ws.c + wrow * P * D);
-    for (int i = threadIdx.x; i < 2 * P * D; i += blockDim.x)
-      __pipeline_memcpy_async(&reinterpret_cast<acc_t*>(sc.c(b))[i], &c[i], sizeof(acc_t));
-    const acc_t* gm = reinterpret_cast<const acc_t*>(ws.gam_end + wrow * P);
-    for (int i = threadIdx.x; i < 2 * P; i += blockDim.x)
-      __pipeline_memcpy_async(&reinterpret_cast<acc_t*>(sc.gam(b))[i], &gm[i], sizeof(acc_t));
+    unsigned char *dst = sc.stage(b), *src = ws.map(wrow);
+    for (int i = threadIdx.x; i < sc.rec.bytes / 16; i += blockDim.x) __pipeline_memcpy_async(dst + 16 * i, src + 16 * i, 16);
   }
   __pipeline_commit();
+}
+
+// dst[i] = src[i], i < n, all threads: 16-byte accesses when both are aligned and n fills whole
+// granules.
+template <typename T>
+__device__ inline void copy_rows(T* dst, const T* src, int64_t n) {
+  constexpr int g = 16 / sizeof(T);
+  if (n % g == 0 && (reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) % 16 == 0) {
+    for (int64_t i = threadIdx.x; i < n / g; i += blockDim.x) dev::store_pack<T, g>(dst + i * g, dev::load_pack<T, g>(src + i * g));
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+  }
+}
+
+// Σ_e M[d·D + e] s_e over lane's quarter of e, s = re + i·im (rows of D): 16-byte vectors of M and
+// s when kVec (D a multiple of 4 vectors), the vector index rotated by rot; else e = lane, lane + 4, ...
+template <bool kVec, typename acc_t>
+__device__ inline Cx<acc_t> chain_dot(const acc_t* Md, const acc_t* re, const acc_t* im, int D,
+                                      int lane, unsigned rot) {
+  Cx<acc_t> acc;
+  if constexpr (kVec) {
+    constexpr int g = 16 / sizeof(acc_t);
+    const unsigned nq = D / (4 * g);
+#pragma unroll
+    for (unsigned i = 0; i < nq; ++i) {
+      const int e = (lane * nq + (i + rot) % nq) * g;
+      const auto m = dev::load_pack<acc_t, g>(Md + e), r = dev::load_pack<acc_t, g>(re + e),
+                 j = dev::load_pack<acc_t, g>(im + e);
+#pragma unroll
+      for (int v = 0; v < g; ++v) {
+        acc.re += m.v[v] * r.v[v];
+        acc.im += m.v[v] * j.v[v];
+      }
+    }
+  } else {
+    for (int e = lane; e < D; e += 4) {
+      acc.re += Md[e] * re[e];
+      acc.im += Md[e] * im[e];
+    }
+  }
+  return acc;
 }
 
 template <typename acc_t, bool kForward, bool kSmem, int kD = 0>
 __global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, int H, int D_, int P,
                                                                int C, ChunkWork<acc_t> ws,
                                                                const acc_t* state_in,
-                                                               acc_t* boundary, Cx<acc_t>* ds_end,
+                                                               acc_t* boundary, acc_t* ds_end,
                                                                acc_t* state_out, acc_t* energy,
                                                                void* global_scratch) {
+  // The vector path for the fixed D (whole 16-byte vectors per lane); runtime D takes the scalar one.
+  constexpr bool kVec = kD > 0 && kD % (4 * (16 / sizeof(acc_t))) == 0;
   const int h = blockIdx.y, D = kD > 0 ? kD : D_;
   const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
   ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
-  load_state(sc.s(0), state_in ? state_in + (n * H + h) * SD : nullptr, P, D);
+  if (state_in) copy_rows(sc.s(0), state_in + (n * H + h) * SD, SD);
+  else for (int i = threadIdx.x; i < SD; i += blockDim.x) sc.s(0)[i] = 0;
   const int64_t n_chunks = (seq.len[n] + C - 1) / C;
   const auto wrow_of = [&](int64_t k) -> int64_t {
     if (k >= n_chunks) return -1;
     return (seq.chunk_row[n] + (kForward ? k : n_chunks - 1 - k)) * H + h;
   };
-  for (int k = 0; k < kChainStages - 1; ++k) prefetch_map(sc, k, ws, wrow_of(k), D, P);
+  for (int k = 0; k < kChainStages - 1; ++k) prefetch_map(sc, k, ws, wrow_of(k));
   acc_t energy_sum = 0;
   const int items = 4 * P * D;
   for (int64_t k = 0; k < n_chunks; ++k) {
     const int b = static_cast<int>(k % kChainStages);
-    const Cx<acc_t>* s_cur = sc.s(k);
-    Cx<acc_t>* s_nxt = sc.s(k + 1);
+    const acc_t* s_cur = sc.s(k);
+    acc_t* s_nxt = sc.s(k + 1);
     const int64_t wrow = wrow_of(k);
     __pipeline_wait_prior(kChainStages - 2);
     __syncthreads();  // stage b and s_cur complete; stage (k − 1) % kChainStages free
-    prefetch_map(sc, static_cast<int>((k + kChainStages - 1) % kChainStages), ws,
-                 wrow_of(k + kChainStages - 1), D, P);
-    if (kForward) store_state(boundary + wrow * SD, s_cur, P, D);
-    else for (int x = threadIdx.x; x < P * D; x += blockDim.x) ds_end[wrow * P * D + x] = s_cur[x];
-    const acc_t* M = sc.M(b);
+    prefetch_map(sc, static_cast<int>((k + kChainStages - 1) % kChainStages), ws, wrow_of(k + kChainStages - 1));
+    copy_rows((kForward ? boundary : ds_end) + wrow * SD, s_cur, SD);
+    unsigned char* map = sc.stage(b);
+    const acc_t* M = sc.rec.M(map);
     for (int x0 = 0; x0 < items; x0 += blockDim.x) {
       const int x = x0 + threadIdx.x, item = x / 4, lane = x % 4;
+      const int p = item / D, d = item % D;
       Cx<acc_t> acc;
-      if (x < items) {
-        const int p = item / D, d = item % D;
-        for (int e = lane; e < D; e += 4) acc += s_cur[p * D + e] * M[d * sc.ldm + e];
-      }
+      if (x < items)
+        acc = chain_dot<kVec>(M + d * D, s_cur + 2 * p * D, s_cur + (2 * p + 1) * D, D, lane,
+                              (lane >> 1) + 2u * (d & 1));
       acc = quad_sum(acc);
       if (x < items && lane == 0) {
-        const int p = item / D;
-        const Cx<acc_t> g = kForward ? sc.gam(b)[p] : sc.gam(b)[p].conj();
-        const Cx<acc_t> s_new = g * acc + sc.c(b)[item];
-        s_nxt[item] = s_new;
+        const Cx<acc_t> g = kForward ? sc.rec.gam(map)[p] : sc.rec.gam(map)[p].conj();
+        const Cx<acc_t> s_new = g * acc + sc.rec.c(map)[item];
+        s_nxt[2 * p * D + d] = s_new.re;
+        s_nxt[(2 * p + 1) * D + d] = s_new.im;
         if (kForward) energy_sum += s_new.norm2();
       }
     }
   }
   __pipeline_wait_prior(0);
   __syncthreads();
-  const Cx<acc_t>* s_fin = sc.s(n_chunks);
-  store_state(state_out + (n * H + h) * SD, s_fin, P, D);
+  const acc_t* s_fin = sc.s(n_chunks);
+  copy_rows(state_out + (n * H + h) * SD, s_fin, SD);
   if (kForward) {
     if (n_chunks == 0)
-      for (int x = threadIdx.x; x < P * D; x += blockDim.x) energy_sum += s_fin[x].norm2();
+      for (int x = threadIdx.x; x < SD; x += blockDim.x) energy_sum += s_fin[x] * s_fin[x];
     const acc_t total = block_sum(energy_sum);
     if (threadIdx.x == 0) energy[n * H + h] = total / static_cast<acc_t>(n_chunks > 0 ? n_chunks : 1);
   }
@@ -702,7 +781,7 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
   for (int i = threadIdx.x; i < m * D; i += blockDim.x)
     s.W[(i / D) * (D + 1) + i % D] = ws.W[wrow * C * D + i];
   __syncthreads();
-  lower_gram<scalar_t>(s.QK, s.Q, s.K, m, C, D, false);
+  lower_gram<kLdm<scalar_t, kC, kD>>(s.QK, s.Q, s.K, m, C, D, false);
   cumulate_decay(s.G, static_cast<Cx<acc_t>*>(nullptr), m, C, P);
   __syncthreads();
   quad_reduce<Cx<acc_t>>(
@@ -769,7 +848,7 @@ __device__ inline acc_t qk_at(const acc_t* KK, int t, int j, int C) { return KK[
 
 // K, Q, β into scratch; KK (strict) and QKᵀ (inclusive) into one tile; G cumulated with Γ;
 // T_real. dy (P, C) too.
-template <typename scalar_t, typename acc_t>
+template <bool kL, typename scalar_t, typename acc_t>
 __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const scalar_t* grad_o,
                                     const ChunkPos& c, int h, scalar_t* K, scalar_t* Q, acc_t* KK,
                                     acc_t* T, acc_t* beta, Cx<acc_t>* G, Cx<acc_t>* gam,
@@ -785,11 +864,11 @@ __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const sca
     dy[p * C + t] = Cx<acc_t>(to_acc(grad_o[2 * pi]), to_acc(grad_o[2 * pi + 1]));
   }
   __syncthreads();
-  lower_gram<scalar_t>(KK, K, K, m, C, D, true);
-  lower_gram<scalar_t>(KK, Q, K, m, C, D, false, true);
+  lower_gram<kL>(KK, K, K, m, C, D, true);
+  lower_gram<kL>(KK, Q, K, m, C, D, false, true);
   cumulate_decay(G, gam, m, C, P);
   __syncthreads();
-  unit_lower_inverse(T, KK, beta, m, C);
+  unit_lower_inverse<scalar_t>(T, KK, beta, m, C);
   __syncthreads();
 }
 
@@ -826,12 +905,12 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
   LocalScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, LocalScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                         C, D, P);
-  load_backward_chunk(in, grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
-  w_tile<scalar_t>(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
+  load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  w_tile<kLdm<scalar_t, kC, kD>>(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
   // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t, then db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
   decayed_adjoint(s.du, s.G, [&](int t, int j) { return qk_at(s.KK, t, j, C); }, s.dy, m, C, P);
   __syncthreads();
-  state_map<scalar_t, acc_t>(ws.M + wrow * D * D, s.W, s.K, m, D);
+  state_map<kLdm<scalar_t, kC, kD>, scalar_t>(ws.M(wrow), s.W, s.K, m, D);
   decayed_adjoint(s.db, s.G, [&](int t, int j) { return s.T[t * LC + j]; }, s.du, m, C, P);
   __syncthreads();
   // ds_loc = Qᵀ(conj(Γ) ⊙ dy) − Kᵀ(β ⊙ conj(Γ) ⊙ db_loc)
@@ -847,8 +926,8 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
         }
         return acc;
       },
-      [&](int i, Cx<acc_t> acc) { ws.c[wrow * P * D + i] = acc; });
-  for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end[wrow * P + p] = s.gam[p * C + m - 1];
+      [&](int i, Cx<acc_t> acc) { ws.c(wrow)[i] = acc; });
+  for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end(wrow)[p] = s.gam[p * C + m - 1];
 }
 
 // Backward (3): per (chunk, head), the CPU kernel's chunk backward from s0 = boundary[row] and
@@ -906,7 +985,7 @@ struct Grads {
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
 __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in_,
                                                              Sequences seq,
-                                                             const Cx<acc_t>* ds_end,
+                                                             const acc_t* ds_end,
                                                              const acc_t* boundary,
                                                              Grads<scalar_t, acc_t> gr,
                                                              void* global_scratch) {
@@ -920,7 +999,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
   ChunkBwdScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, ChunkBwdScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
       C, D, P);
-  load_backward_chunk(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
   for (int i = threadIdx.x; i < m * C; i += blockDim.x)
     if (i % C < m) s.dT[(i / C) * LC + i % C] = 0;
   for (int t = threadIdx.x; t < m; t += blockDim.x) s.dB[t] = 0;
@@ -928,10 +1007,10 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
   for (int p = 0; p < P; ++p) {
     const cx *G = s.G + p * C, *gam = s.gam + p * C, *dy = s.dy + p * C;
     cx *s0 = s.s0 + p * D, *ds = s.ds + p * D;
-    const acc_t* s0raw = boundary + wrow * 2 * P * D + 2 * p * D;
+    const acc_t *s0raw = boundary + wrow * 2 * P * D + 2 * p * D, *dsraw = ds_end + wrow * 2 * P * D + 2 * p * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
       s0[d] = cx(s0raw[d], s0raw[D + d]);
-      ds[d] = ds_end[wrow * P * D + p * D + d];
+      ds[d] = cx(dsraw[d], dsraw[D + d]);
     }
     for (int i = threadIdx.x; i < m * C; i += blockDim.x) {
       const int t = i / C, j = i % C;
@@ -1081,7 +1160,8 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
       });
   __syncthreads();
   // dβ_t += Σ_j dA_tj KK_tj;  dkk_tj = β_t dA_tj (j < t), dqk = dQK (zero above the diagonal):
-  // dK = (dkk + dkkᵀ) K + dqkᵀ Q,  dQ = dqk K.
+  // dK = (dkk + dkkᵀ) K + dqkᵀ Q (one product over the C + C rows of the K and Q tiles, which
+  // lie back to back), dQ = dqk K.
   quad_reduce<acc_t>(
       m,
       [&](int t, int lane) {
@@ -1090,13 +1170,17 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
         return acc;
       },
       [&](int t, acc_t acc) { gr.dbeta[(c.tok0 + t) * in.H + h] = from_acc<scalar_t>(acc + s.dB[t]); });
+  constexpr bool kL = kLdm<scalar_t, kC, kD>;
   block_product<scalar_t, false, true, acc_t>(
-      m, D, 2 * m,
+      m, D, 2 * C,
       [&](int t, int k) {
-        if (k >= m) return t <= k - m ? s.dT[t * LC + k - m] : acc_t(0);  // dQK_{k−m,t}
-        return k < t ? s.beta[t] * s.dT[t * LC + k] : k > t ? s.beta[k] * s.dT[k * LC + t] : acc_t(0);
+        if (k >= C) return k - C < m && t <= k - C ? s.dT[t * LC + k - C] : acc_t(0);  // dQK_{k−C,t}
+        return k >= m ? acc_t(0) : k < t ? s.beta[t] * s.dT[t * LC + k] : k > t ? s.beta[k] * s.dT[k * LC + t] : acc_t(0);
       },
-      [&](int k, int d) { return to_acc(k < m ? s.K[k * LD + d] : s.Q[(k - m) * LD + d]); },
+      [&] {
+        if constexpr (kL) return mma::Rows<false>{s.K, LD};  // s.Q == s.K + C·LD
+        else return [&](int k, int d) { return to_acc(k < C ? s.K[k * LD + d] : s.Q[(k - C) * LD + d]); };
+      }(),
       [&](int t, int d, acc_t v) {
         for (int p = 0; p < P; ++p)
           v += re_conj_mul(s.cu[p * C + t], s.ds[p * D + d]) + re_conj_mul(s.s0[p * D + d], s.dks[p * C + t]);
@@ -1104,7 +1188,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
       });
   block_product<scalar_t, false, true, acc_t>(
       m, D, m, [&](int t, int j) { return j <= t ? s.dT[j * LC + t] : acc_t(0); },  // dQK_tj
-      [&](int j, int d) { return to_acc(s.K[j * LD + d]); },
+      rows_b<kL, false>(s.K, LD),
       [&](int t, int d, acc_t v) {
         for (int p = 0; p < P; ++p) v += re_conj_mul(s.s0[p * D + d], s.a[p * C + t]);
         gr.dq[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(v);

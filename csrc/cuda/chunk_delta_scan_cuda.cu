@@ -93,22 +93,19 @@ cuda::Inputs<typename DeviceScalar<scalar_t>::type, at::opmath_type<scalar_t>> d
           static_cast<int>(q.size(3)), static_cast<int>(v.size(3)), static_cast<int>(C)};
 }
 
-// Workspace of `items` (row, head) chunks in one tensor: W and u_loc (forward only), M, c, Γ_{n−1}.
+// Workspace of `items` (row, head) chunks in one tensor: the map records (first, so that each
+// record starts on a 16-byte granule), then W and u_loc (forward only).
 template <typename acc_t>
 cuda::ChunkWork<acc_t> chunk_work(int64_t items, int64_t C, int64_t D, int64_t P, bool forward,
                                   const at::TensorOptions& opt, at::Tensor& work) {
   using cx = cuda::Cx<acc_t>;
-  const int64_t w = forward ? C * D : 0, ul = forward ? 2 * C * P : 0;
-  work = at::empty({items * (w + D * D + ul + 2 * P * D + 2 * P)}, opt);
+  const cuda::MapRecord<acc_t> rec(static_cast<int>(D), static_cast<int>(P));
+  const int64_t maps = items * rec.bytes / static_cast<int64_t>(sizeof(acc_t));
+  const int64_t w = forward ? (items * C * D + 1) / 2 * 2 : 0, ul = forward ? items * 2 * C * P : 0;
+  work = at::empty({maps + w + ul}, opt);
   acc_t* p = work.data_ptr<acc_t>();
-  cuda::ChunkWork<acc_t> ws;
-  ws.W = forward ? p : nullptr;
-  ws.M = p + items * w;
-  acc_t* rest = ws.M + items * D * D;
-  ws.ul = forward ? reinterpret_cast<cx*>(rest) : nullptr;
-  ws.c = reinterpret_cast<cx*>(rest + items * ul);
-  ws.gam_end = ws.c + items * P * D;
-  return ws;
+  return {forward ? p + maps : nullptr, forward ? reinterpret_cast<cx*>(p + maps + w) : nullptr,
+          reinterpret_cast<unsigned char*>(p), rec};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_cuda(
@@ -136,7 +133,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "chunk_delta_scan_fwd_cuda", [&] {
     using dev_t = typename DeviceScalar<scalar_t>::type;
     using acc_t = at::opmath_type<scalar_t>;
-    using cx = cuda::Cx<acc_t>;
     const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C);
     at::Tensor work;
     const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, true, sopt, work);
@@ -152,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
            heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr,
-           boundary.data_ptr<acc_t>(), static_cast<cx*>(nullptr), final_state.data_ptr<acc_t>(),
+           boundary.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr), final_state.data_ptr<acc_t>(),
            energy.data_ptr<acc_t>());
     launch(fixed ? cuda::chunk_output_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_output_kernel<dev_t, acc_t, true>,
            cuda::chunk_output_kernel<dev_t, acc_t, false>, chunks,
@@ -193,12 +189,11 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "chunk_delta_scan_bwd_cuda", [&] {
     using dev_t = typename DeviceScalar<scalar_t>::type;
     using acc_t = at::opmath_type<scalar_t>;
-    using cx = cuda::Cx<acc_t>;
     const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C);
     at::Tensor work;
     const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, false, log_decay.options(), work);
-    at::Tensor ds_end = at::empty({rows * H * P * D * 2}, log_decay.options());
-    cx* ds_end_p = reinterpret_cast<cx*>(ds_end.data_ptr<acc_t>());
+    at::Tensor ds_end = at::empty({rows * H * P * D * 2}, log_decay.options());  // (row, head, 2P, D)
+    acc_t* ds_end_p = ds_end.data_ptr<acc_t>();
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
     const bool fixed = C == 64 && D == 64;  // the instances compiled for the model's sizes
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
@@ -222,7 +217,7 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
     launch(fixed ? cuda::chunk_bwd_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_bwd_kernel<dev_t, acc_t, true>,
            cuda::chunk_bwd_kernel<dev_t, acc_t, false>, chunks,
            cuda::ChunkBwdScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
-           static_cast<const cx*>(ds_end_p),
+           static_cast<const acc_t*>(ds_end_p),
            static_cast<const acc_t*>(boundary_states.data_ptr<acc_t>()), gr);
   });
   if (cu_seqlens.has_value())

@@ -13,11 +13,18 @@
 // mma.m16n8k16 (lane = 4g + c): A rows g, g + 8, columns 2c, 2c + 1, 2c + 8, 2c + 9; B columns g,
 // rows 2c, 2c + 1, 2c + 8, 2c + 9; D rows g, g + 8, columns 2c, 2c + 1. Out-of-range elements
 // are zero (the accessors are never called outside [0, M) × [0, K) and [0, K) × [0, N)).
+//
+// An operand may instead be a Rows tile of bf16 values in shared memory, whose fragments are
+// loaded by ldmatrix (four 8 × 8 matrices per instruction instead of a load, convert and pack per
+// element pair). Such a tile must hold zeros (not garbage) wherever a warp tile reaches beyond
+// [0, M) × [0, K) or [0, K) × [0, N), up to the next multiple of 16, and its rows must be
+// 16-byte aligned.
 #pragma once
 
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace cdssm {
 namespace cuda {
@@ -45,48 +52,123 @@ __device__ inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-template <bool kSplitA, bool kSplitB, typename FA, typename FB, typename FO>
-__device__ void block_product(int M, int N, int K, FA a, FB b, FO out) {
-  constexpr int kNT = 4;  // n8 tiles per warp tile
+// A bf16 tile in shared memory, row stride ld (a multiple of 8): as operand A, element (i, k) is
+// p[i·ld + k] when kKContig (the contracted index runs along rows), else p[k·ld + i]; as operand
+// B, element (k, j) is p[j·ld + k] when kKContig, else p[k·ld + j].
+template <bool kKContig>
+struct Rows {
+  const __nv_bfloat16* p;
+  int ld;
+};
+template <typename F>
+struct is_rows : std::false_type {};
+template <bool kKContig>
+struct is_rows<Rows<kKContig>> : std::true_type {};
+
+// Four 8 × 8 bf16 matrices, lane l giving the address of row l % 8 of matrix l / 8 (transposed
+// on the way when kTrans).
+template <bool kTrans>
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  if constexpr (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+// The A fragment of the 16 × 16 tile at (i0, k0).
+template <bool kKContig>
+__device__ inline void load_a(uint32_t (&a)[4], Rows<kKContig> t, int i0, int k0) {
+  const int l = threadIdx.x % 32, mi = l / 8;
+  if constexpr (kKContig)  // matrices (rows i0, i0 + 8) × (columns k0, k0 + 8), rows first
+    ldmatrix_x4<false>(a, t.p + (i0 + l % 16) * t.ld + k0 + 8 * (l / 16));
+  else
+    ldmatrix_x4<true>(a, t.p + (k0 + l % 8 + 8 * (mi / 2)) * t.ld + i0 + 8 * (mi % 2));
+}
+
+// The B fragments of the two n8 tiles at (k0, j0) and (k0, j0 + 8): b[0..1] and b[2..3].
+template <bool kKContig>
+__device__ inline void load_b2(uint32_t (&b)[4], Rows<kKContig> t, int k0, int j0) {
+  const int l = threadIdx.x % 32, mi = l / 8;
+  if constexpr (kKContig)
+    ldmatrix_x4<false>(b, t.p + (j0 + l % 8 + 8 * (mi / 2)) * t.ld + k0 + 8 * (mi % 2));
+  else
+    ldmatrix_x4<true>(b, t.p + (k0 + l % 8 + 8 * (mi % 2)) * t.ld + j0 + 8 * (mi / 2));
+}
+
+// acc[n] += the (16 × 8) tile n of Σ_{k<K} A(i0 + i, k) B(k, j0 + 8n + j) for one warp (n < kNT;
+// tiles at or beyond N skipped); A and B return 0 outside their ranges.
+template <int kNT, bool kSplitA, bool kSplitB, typename FA, typename FB>
+__device__ inline void warp_tile(float (&acc)[kNT][4], int i0, int j0, int N, int K, FA A, FB B) {
+  constexpr bool kRowsA = is_rows<FA>::value, kRowsB = is_rows<FB>::value;
+  static_assert(!kRowsB || kNT % 2 == 0, "Rows B operands are loaded two n8 tiles at a time");
   const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  const int tiles_m = (M + 15) / 16, tiles_n = (N + 8 * kNT - 1) / (8 * kNT);
-  const auto A = [&](int i, int k) { return i < M && k < K ? a(i, k) : 0.f; };
-  const auto B = [&](int k, int j) { return k < K && j < N ? b(k, j) : 0.f; };
-  for (int w = threadIdx.x / 32; w < tiles_m * tiles_n; w += blockDim.x / 32) {
-    const int i0 = (w / tiles_n) * 16, j0 = (w % tiles_n) * 8 * kNT;
-    float acc[kNT][4];
-#pragma unroll
-    for (int n = 0; n < kNT; ++n)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[n][r] = 0.f;
-    for (int k0 = 0; k0 < K; k0 += 16) {
-      uint32_t ah[4], al[4];
-      const int r0 = i0 + g, ka = k0 + 2 * c;
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    uint32_t ah[4], al[4];
+    const int r0 = i0 + g, ka = k0 + 2 * c;
+    if constexpr (kRowsA) {
+      load_a(ah, A, i0, k0);
+    } else {
       pack<kSplitA>(A(r0, ka), A(r0, ka + 1), ah[0], al[0]);
       pack<kSplitA>(A(r0 + 8, ka), A(r0 + 8, ka + 1), ah[1], al[1]);
       pack<kSplitA>(A(r0, ka + 8), A(r0, ka + 9), ah[2], al[2]);
       pack<kSplitA>(A(r0 + 8, ka + 8), A(r0 + 8, ka + 9), ah[3], al[3]);
-#pragma unroll
-      for (int n = 0; n < kNT; ++n) {
-        const int j = j0 + 8 * n + g;
-        if (j0 + 8 * n >= N) break;
-        uint32_t bh[2], bl[2];
-        pack<kSplitB>(B(ka, j), B(ka + 1, j), bh[0], bl[0]);
-        pack<kSplitB>(B(ka + 8, j), B(ka + 9, j), bh[1], bl[1]);
-        mma_bf16(acc[n], ah, bh);
-        if (kSplitB) mma_bf16(acc[n], ah, bl);
-        if (kSplitA) mma_bf16(acc[n], al, bh);
-      }
     }
+    uint32_t b2[4];
 #pragma unroll
     for (int n = 0; n < kNT; ++n) {
-      const int j = j0 + 8 * n + 2 * c;
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = i0 + g + 8 * (r / 2), jj = j + r % 2;
-        if (i < M && jj < N) out(i, jj, acc[n][r]);
+      const int j = j0 + 8 * n + g;
+      if (j0 + 8 * n >= N) break;
+      uint32_t bh[2], bl[2];
+      if constexpr (kRowsB) {
+        if (n % 2 == 0) load_b2(b2, B, k0, j0 + 8 * n);
+        bh[0] = b2[2 * (n % 2)];
+        bh[1] = b2[2 * (n % 2) + 1];
+      } else {
+        pack<kSplitB>(B(ka, j), B(ka + 1, j), bh[0], bl[0]);
+        pack<kSplitB>(B(ka + 8, j), B(ka + 9, j), bh[1], bl[1]);
       }
+      mma_bf16(acc[n], ah, bh);
+      if (kSplitB && !kRowsB) mma_bf16(acc[n], ah, bl);
+      if (kSplitA && !kRowsA) mma_bf16(acc[n], al, bh);
     }
+  }
+}
+
+// out(i, j, acc) for the elements of a warp tile at (i0, j0) inside [0, M) × [0, N).
+template <int kNT, typename FO>
+__device__ inline void warp_tile_out(const float (&acc)[kNT][4], int i0, int j0, int M, int N, FO out) {
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+#pragma unroll
+  for (int n = 0; n < kNT; ++n) {
+    const int j = j0 + 8 * n + 2 * c;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = i0 + g + 8 * (r / 2), jj = j + r % 2;
+      if (i < M && jj < N) out(i, jj, acc[n][r]);
+    }
+  }
+}
+
+template <bool kSplitA, bool kSplitB, typename FA, typename FB, typename FO>
+__device__ void block_product(int M, int N, int K, FA a, FB b, FO out) {
+  constexpr int kNT = 4;  // n8 tiles per warp tile
+  const int tiles_m = (M + 15) / 16, tiles_n = (N + 8 * kNT - 1) / (8 * kNT);
+  const auto A = [&] {  // bounded accessors (Rows tiles are zero beyond the ranges)
+    if constexpr (is_rows<FA>::value) return a;
+    else return [&](int i, int k) { return i < M && k < K ? a(i, k) : 0.f; };
+  }();
+  const auto B = [&] {
+    if constexpr (is_rows<FB>::value) return b;
+    else return [&](int k, int j) { return k < K && j < N ? b(k, j) : 0.f; };
+  }();
+  for (int w = threadIdx.x / 32; w < tiles_m * tiles_n; w += blockDim.x / 32) {
+    const int i0 = (w / tiles_n) * 16, j0 = (w % tiles_n) * 8 * kNT;
+    float acc[kNT][4] = {};
+    warp_tile<kNT, kSplitA, kSplitB>(acc, i0, j0, N, K, A, B);
+    warp_tile_out<kNT>(acc, i0, j0, M, N, out);
   }
 }
 
