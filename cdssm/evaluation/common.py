@@ -286,6 +286,48 @@ def args_record(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("handler", "parser", "run")}
 
 
+# Options that only choose rows or where they are written: runs of one task that differ in
+# nothing else can be merged into one table.
+ROW_OPTIONS = ("arch", "state_pairs", "ablation", "d_model", "out_dir", "retrain", "progress")
+
+
+def merge_payloads(payloads: list) -> dict:
+    """One task payload from several of the same task whose rows were trained apart (e.g. one
+    process per row side by side on one GPU): runs and results concatenated in order.
+
+    Every option outside ``ROW_OPTIONS`` and every other top-level entry (the MQAR cells) must
+    agree, and no row (label, width) may appear twice, else ValueError. ``args`` keeps the
+    agreed options; ``sources`` keeps each payload's own args and environment.
+    """
+    if not payloads:
+        raise ValueError("payloads: expected at least one")
+    first = payloads[0]
+    kept = ("args", "environment", "runs", "results", "sources")
+    for p in payloads[1:]:
+        if p["task"] != first["task"]:
+            raise ValueError(f"payloads: expected one task, got {first['task']!r} and "
+                             f"{p['task']!r}")
+        for key in set(first) | set(p):
+            if key not in kept and first.get(key) != p.get(key):
+                raise ValueError(f"payloads: {key!r} differs between the runs")
+        differ = sorted(k for k in set(first["args"]) | set(p["args"]) if k not in ROW_OPTIONS
+                        and first["args"].get(k) != p["args"].get(k))
+        if differ:
+            raise ValueError(f"payloads: options {', '.join(differ)} differ between the runs")
+    rows = [(r["label"], r.get("d_model")) for p in payloads for r in p["runs"]]
+    twice = sorted({row for row in rows if rows.count(row) > 1}, key=str)
+    if twice:
+        raise ValueError(f"payloads: rows {twice} appear more than once")
+    merged = {k: v for k, v in first.items() if k not in kept}
+    merged["args"] = {k: v for k, v in first["args"].items() if k not in ROW_OPTIONS}
+    merged["environment"] = first["environment"]
+    merged["sources"] = [{"args": p["args"], "environment": p["environment"]}
+                         for p in payloads]
+    merged["runs"] = [r for p in payloads for r in p["runs"]]
+    merged["results"] = [r for p in payloads for r in p["results"]]
+    return merged
+
+
 def row_record(spec: ModelSpec, fitted: Fitted) -> dict:
     """The JSON description of a trained row."""
     return {"label": spec.label, "arch": spec.arch, "state_pairs": spec.state_pairs,

@@ -141,7 +141,7 @@ def run(args) -> dict:
     payload = {"task": "mqar", "args": args_record(args),
                "cells": grid, "environment": environment(), "runs": runs, "results": results}
     write_json(f"{args.out_dir}/mqar.json", payload)
-    _plot(payload, f"{args.out_dir}/mqar.png")
+    plot(payload, f"{args.out_dir}/mqar.png")
     print(table(payload))
     return payload
 
@@ -158,7 +158,7 @@ def table(payload: dict) -> str:
     return format_table(header, rows)
 
 
-def _plot(payload: dict, path: str) -> None:
+def plot(payload: dict, path: str) -> None:
     plt = pyplot()
     seq_lens = sorted({c[0] for c in payload["cells"]})
     widths = sorted({r["d_model"] for r in payload["runs"]})
@@ -184,9 +184,9 @@ def _plot(payload: dict, path: str) -> None:
         ax = axes[1, j]  # accuracy vs width at the most pairs
         k = pairs[-1]
         for label in labels:
-            ys = [acc.get((label, d, t, k)) for d in widths]
-            if None not in ys:
-                ax.plot(widths, ys, marker="o", color=colors[label], label=label)
+            points = [(d, acc[(label, d, t, k)]) for d in widths if (label, d, t, k) in acc]
+            if points:
+                ax.plot(*zip(*points), marker="o", color=colors[label], label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("model width d")
         ax.set_title(f"T = {t}, K = {k}: accuracy vs width")

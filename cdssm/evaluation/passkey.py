@@ -145,7 +145,7 @@ def run(args) -> dict:
     payload = {"task": "passkey", "args": args_record(args),
                "environment": environment(), "runs": runs, "results": results}
     write_json(f"{args.out_dir}/passkey.json", payload)
-    _plot(payload, f"{args.out_dir}/passkey.png")
+    plot(payload, f"{args.out_dir}/passkey.png")
     print(table(payload))
     return payload
 
@@ -164,7 +164,7 @@ def table(payload: dict) -> str:
     return format_table(header, rows)
 
 
-def _plot(payload: dict, path: str) -> None:
+def plot(payload: dict, path: str) -> None:
     plt = pyplot()
     lens, depths = payload["args"]["test_lens"], payload["args"]["depths"]
     labels = [r["label"] for r in payload["runs"]]
