@@ -183,3 +183,25 @@ def test_merge_rejects_runs_that_differ_in_more_than_rows(change, message):
     change(second)
     with pytest.raises(ValueError, match=message):
         merge_payloads([first, second])
+
+
+MQAR_TINY = ["mqar", "--seq-lens", "32", "--pairs", "4", "--vocab-size", "64",
+             "--test-examples", "2"]
+PASSKEY_TINY = ["passkey", "--train-len", "48", "--train-min-len", "24", "--test-lens", "32",
+                "--depths", "0", "--vocab-size", "32", "--test-examples", "1"]
+
+
+@pytest.mark.parametrize("task, other", [
+    (MQAR_TINY, ["--pairs", "2"]),  # same TrainConfig, other training examples
+    (MQAR_TINY, ["--vocab-size", "80"]),
+    (PASSKEY_TINY, ["--train-min-len", "30"]),
+    (PASSKEY_TINY, ["--digits", "3"]),
+])
+def test_a_run_trained_on_other_examples_is_not_loaded(tmp_path, task, other):
+    out = tmp_path / "out"
+    tiny = [*TINY, "--arch", "cdssm", "--out-dir", str(out)]
+    main(["eval", *task, *tiny])
+    main(["eval", *task, *other, *tiny])
+    assert all(r["trained_now"] for r in _check_outputs(out, task[0])["runs"])
+    main(["eval", *task, *tiny])  # the first run's settings again: its model is loaded
+    assert not any(r["trained_now"] for r in _check_outputs(out, task[0])["runs"])

@@ -148,9 +148,15 @@ class Fitted:
     tokens_per_s: Optional[float]
 
 
-def run_directory(root: str, spec: ModelSpec, config: TrainConfig) -> str:
-    """root/runs/<label>-<first 10 hex of sha256 of the config without out_dir>."""
+def run_directory(root: str, spec: ModelSpec, config: TrainConfig,
+                  examples: Optional[dict] = None) -> str:
+    """root/runs/<label>-<first 10 hex of sha256 of the config without out_dir>, and of
+    ``examples`` when given: the options of a generated task that define its training
+    examples but are no TrainConfig field (MQAR cells and V, passkey lengths, digits and V), so
+    that a run trained on other examples is never loaded in place of this one."""
     values = {k: v for k, v in config.to_dict().items() if k != "out_dir"}
+    if examples is not None:
+        values["examples"] = examples
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
     return os.path.join(root, "runs", f"{spec.label}-{digest}")
 
@@ -175,16 +181,18 @@ def _logged(run_dir: str) -> tuple:
 
 
 def fit(spec: ModelSpec, settings: dict, root: str, *, make_loader: Optional[Callable] = None,
-        vocab_size: Optional[int] = None, retrain: bool = False, progress: bool = True) -> Fitted:
+        vocab_size: Optional[int] = None, examples: Optional[dict] = None,
+        retrain: bool = False, progress: bool = True) -> Fitted:
     """Trains the row ``spec`` with ``settings`` (TrainConfig fields) through
-    ``cdssm.training.loop.train`` — or loads it, when its run directory holds a finished run of
-    the same config and not ``retrain``. ``make_loader`` and ``vocab_size`` as in ``train``."""
+    ``cdssm.training.loop.train`` — or loads it, when its run directory (``run_directory``, with
+    ``examples``) holds a finished run of the same config and not ``retrain``. ``make_loader``
+    and ``vocab_size`` as in ``train``."""
     from ..models.registry import ARCHITECTURES
     from ..training.loop import train
     from ..training.precision import resolve_device
 
     config = TrainConfig(**settings, **spec.fields())
-    run_dir = run_directory(root, spec, config)
+    run_dir = run_directory(root, spec, config, examples)
     config = dataclasses.replace(config, out_dir=run_dir)
     device = resolve_device(config.device)
     if not retrain and _saved_config(run_dir) == config.to_dict():
