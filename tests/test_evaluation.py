@@ -121,7 +121,7 @@ def test_mqar_command(tmp_path, capsys):
                for r in payload["results"])
     assert "T32/K8" in capsys.readouterr().out
     # a second run with the same settings loads the models instead of training them
-    main(["eval", "mqar", "--seq-lens", "32", "--pairs", "4", "--vocab-size", "64",
+    main(["eval", "mqar", "--seq-lens", "32", "--pairs", "4", "8", "--vocab-size", "64",
           "--test-examples", "4", "--out-dir", str(out), *TINY])
     assert not any(r["trained_now"] for r in _check_outputs(out, "mqar")["runs"])
 

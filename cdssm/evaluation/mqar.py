@@ -125,13 +125,13 @@ def run(args) -> dict:
     tests = {cell: mqar_examples(np.random.default_rng([args.seed, 2, i]), args.test_examples,
                                  *cell, args.vocab_size) for i, cell in enumerate(grid)}
     make_loader = synthetic_loader_factory(_sampler(grid, args.vocab_size))
-    examples = {"task": "mqar", "cells": grid, "vocab_size": args.vocab_size}
+    train_examples = {"task": "mqar", "cells": grid, "vocab_size": args.vocab_size}
     runs, results = [], []
     jobs = [(spec, d) for d in args.d_model for spec in specs]
     for spec, d_model in tqdm(jobs, desc="mqar rows", unit="model", disable=not args.progress):
         settings = train_settings(args, d_model=d_model, seq_len=max(args.seq_lens))
         fitted = fit(spec, settings, args.out_dir, make_loader=make_loader,
-                     vocab_size=args.vocab_size, examples=examples, retrain=args.retrain,
+                     vocab_size=args.vocab_size, examples=train_examples, retrain=args.retrain,
                      progress=args.progress)
         runs.append({**row_record(spec, fitted), "d_model": d_model})
         for (seq_len, num_pairs), examples in tests.items():

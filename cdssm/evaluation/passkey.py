@@ -125,13 +125,13 @@ def run(args) -> dict:
     precision = resolved_precision(args)
     make_loader = synthetic_loader_factory(
         _sampler(args.train_min_len, args.train_len, args.digits, args.vocab_size))
-    examples = {"task": "passkey", "train_min_len": args.train_min_len,
-                "digits": args.digits, "vocab_size": args.vocab_size}  # train_len: seq_len
+    train_examples = {"task": "passkey", "train_min_len": args.train_min_len,
+                      "digits": args.digits, "vocab_size": args.vocab_size}  # train_len: seq_len
     runs, results = [], []
     for spec in tqdm(specs, desc="passkey rows", unit="model", disable=not args.progress):
         settings = train_settings(args, d_model=args.d_model, seq_len=args.train_len)
         fitted = fit(spec, settings, args.out_dir, make_loader=make_loader,
-                     vocab_size=args.vocab_size, examples=examples, retrain=args.retrain,
+                     vocab_size=args.vocab_size, examples=train_examples, retrain=args.retrain,
                      progress=args.progress)
         runs.append(row_record(spec, fitted))
         for i, seq_len in enumerate(args.test_lens):
