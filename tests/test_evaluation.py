@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from cdssm.cli import main
-from cdssm.evaluation.common import ABLATIONS, labelled_predictions, model_specs
+from cdssm.evaluation import mqar
+from cdssm.evaluation.common import (ABLATIONS, labelled_predictions, merge_payloads,
+                                     model_specs)
 from cdssm.evaluation.extrapolation import buckets
 from cdssm.evaluation.mqar import cells, check_cell, mqar_examples
 from cdssm.evaluation.passkey import ASK, END, FIRST_FILLER, KEY, passkey_examples
@@ -119,7 +121,7 @@ def test_mqar_command(tmp_path, capsys):
                for r in payload["results"])
     assert "T32/K8" in capsys.readouterr().out
     # a second run with the same settings loads the models instead of training them
-    main(["eval", "mqar", "--seq-lens", "32", "--pairs", "4", "--vocab-size", "64",
+    main(["eval", "mqar", "--seq-lens", "32", "--pairs", "4", "8", "--vocab-size", "64",
           "--test-examples", "4", "--out-dir", str(out), *TINY])
     assert not any(r["trained_now"] for r in _check_outputs(out, "mqar")["runs"])
 
@@ -146,3 +148,60 @@ def test_lm_and_extrapolation_commands(tmp_path):
     ex = _check_outputs(out, "extrapolation")
     assert not any(r["trained_now"] for r in ex["runs"])  # the lm task's runs, loaded
     assert ex["window_len"] == 128 and all(len(r["bucket_loss"]) == 3 for r in ex["results"])
+
+
+def test_rows_trained_apart_merge_into_the_all_rows_result(tmp_path):
+    grid = ["--seq-lens", "32", "--pairs", "4", "--vocab-size", "64", "--test-examples", "4",
+            *TINY]
+    main(["eval", "mqar", *grid, "--arch", "transformer", "--out-dir", str(tmp_path / "a")])
+    main(["eval", "mqar", *grid, "--arch", "cdssm", "--out-dir", str(tmp_path / "b")])
+    parts = [_check_outputs(tmp_path / name, "mqar") for name in "ab"]
+    merged = merge_payloads(parts)
+    main(["eval", "mqar", *grid, "--out-dir", str(tmp_path / "a")])  # both rows in one run
+    together = _check_outputs(tmp_path / "a", "mqar")
+    assert merged["results"] == together["results"]
+    assert mqar.table(merged) == mqar.table(together)
+    assert [s["args"]["arch"] for s in merged["sources"]] == [["transformer"], ["cdssm"]]
+    mqar.plot(merged, str(tmp_path / "merged.png"))
+    assert (tmp_path / "merged.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.update(task="passkey"), "one task"),
+    (lambda p: p.update(cells=[[64, 4]]), "'cells' differs"),
+    (lambda p: p["args"].update(steps=7), "options steps differ"),
+    (lambda p: p["runs"][0].update(label="a"), "appear more than once"),
+])
+def test_merge_rejects_runs_that_differ_in_more_than_rows(change, message):
+    def payload(label):
+        return {"task": "mqar", "cells": [[32, 4]], "environment": {},
+                "args": {"steps": 3, "arch": [label]},
+                "runs": [{"label": label, "d_model": 64}], "results": []}
+
+    first, second = payload("a"), payload("b")
+    merge_payloads([first, second])  # rows differ only: fine
+    change(second)
+    with pytest.raises(ValueError, match=message):
+        merge_payloads([first, second])
+
+
+MQAR_TINY = ["mqar", "--seq-lens", "32", "--pairs", "4", "--vocab-size", "64",
+             "--test-examples", "2"]
+PASSKEY_TINY = ["passkey", "--train-len", "48", "--train-min-len", "24", "--test-lens", "32",
+                "--depths", "0", "--vocab-size", "32", "--test-examples", "1"]
+
+
+@pytest.mark.parametrize("task, other", [
+    (MQAR_TINY, ["--pairs", "2"]),  # same TrainConfig, other training examples
+    (MQAR_TINY, ["--vocab-size", "80"]),
+    (PASSKEY_TINY, ["--train-min-len", "30"]),
+    (PASSKEY_TINY, ["--digits", "3"]),
+])
+def test_a_run_trained_on_other_examples_is_not_loaded(tmp_path, task, other):
+    out = tmp_path / "out"
+    tiny = [*TINY, "--arch", "cdssm", "--out-dir", str(out)]
+    main(["eval", *task, *tiny])
+    main(["eval", *task, *other, *tiny])
+    assert all(r["trained_now"] for r in _check_outputs(out, task[0])["runs"])
+    main(["eval", *task, *tiny])  # the first run's settings again: its model is loaded
+    assert not any(r["trained_now"] for r in _check_outputs(out, task[0])["runs"])

@@ -148,9 +148,15 @@ class Fitted:
     tokens_per_s: Optional[float]
 
 
-def run_directory(root: str, spec: ModelSpec, config: TrainConfig) -> str:
-    """root/runs/<label>-<first 10 hex of sha256 of the config without out_dir>."""
+def run_directory(root: str, spec: ModelSpec, config: TrainConfig,
+                  examples: Optional[dict] = None) -> str:
+    """root/runs/<label>-<first 10 hex of sha256 of the config without out_dir>, and of
+    ``examples`` when given: the options of a generated task that define its training
+    examples but are no TrainConfig field (MQAR cells and V, passkey lengths, digits and V), so
+    that a run trained on other examples is never loaded in place of this one."""
     values = {k: v for k, v in config.to_dict().items() if k != "out_dir"}
+    if examples is not None:
+        values["examples"] = examples
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
     return os.path.join(root, "runs", f"{spec.label}-{digest}")
 
@@ -175,16 +181,18 @@ def _logged(run_dir: str) -> tuple:
 
 
 def fit(spec: ModelSpec, settings: dict, root: str, *, make_loader: Optional[Callable] = None,
-        vocab_size: Optional[int] = None, retrain: bool = False, progress: bool = True) -> Fitted:
+        vocab_size: Optional[int] = None, examples: Optional[dict] = None,
+        retrain: bool = False, progress: bool = True) -> Fitted:
     """Trains the row ``spec`` with ``settings`` (TrainConfig fields) through
-    ``cdssm.training.loop.train`` — or loads it, when its run directory holds a finished run of
-    the same config and not ``retrain``. ``make_loader`` and ``vocab_size`` as in ``train``."""
+    ``cdssm.training.loop.train`` — or loads it, when its run directory (``run_directory``, with
+    ``examples``) holds a finished run of the same config and not ``retrain``. ``make_loader``
+    and ``vocab_size`` as in ``train``."""
     from ..models.registry import ARCHITECTURES
     from ..training.loop import train
     from ..training.precision import resolve_device
 
     config = TrainConfig(**settings, **spec.fields())
-    run_dir = run_directory(root, spec, config)
+    run_dir = run_directory(root, spec, config, examples)
     config = dataclasses.replace(config, out_dir=run_dir)
     device = resolve_device(config.device)
     if not retrain and _saved_config(run_dir) == config.to_dict():
@@ -284,6 +292,48 @@ def format_table(header: list, rows: list) -> str:
 def args_record(args) -> dict:
     """The task's options as JSON values (the command line that produced a result)."""
     return {k: v for k, v in vars(args).items() if k not in ("handler", "parser", "run")}
+
+
+# Options that only choose rows or where they are written: runs of one task that differ in
+# nothing else can be merged into one table.
+ROW_OPTIONS = ("arch", "state_pairs", "ablation", "d_model", "out_dir", "retrain", "progress")
+
+
+def merge_payloads(payloads: list) -> dict:
+    """One task payload from several of the same task whose rows were trained apart (e.g. one
+    process per row side by side on one GPU): runs and results concatenated in order.
+
+    Every option outside ``ROW_OPTIONS`` and every other top-level entry (the MQAR cells) must
+    agree, and no row (label, width) may appear twice, else ValueError. ``args`` keeps the
+    agreed options; ``sources`` keeps each payload's own args and environment.
+    """
+    if not payloads:
+        raise ValueError("payloads: expected at least one")
+    first = payloads[0]
+    kept = ("args", "environment", "runs", "results", "sources")
+    for p in payloads[1:]:
+        if p["task"] != first["task"]:
+            raise ValueError(f"payloads: expected one task, got {first['task']!r} and "
+                             f"{p['task']!r}")
+        for key in set(first) | set(p):
+            if key not in kept and first.get(key) != p.get(key):
+                raise ValueError(f"payloads: {key!r} differs between the runs")
+        differ = sorted(k for k in set(first["args"]) | set(p["args"]) if k not in ROW_OPTIONS
+                        and first["args"].get(k) != p["args"].get(k))
+        if differ:
+            raise ValueError(f"payloads: options {', '.join(differ)} differ between the runs")
+    rows = [(r["label"], r.get("d_model")) for p in payloads for r in p["runs"]]
+    twice = sorted({row for row in rows if rows.count(row) > 1}, key=str)
+    if twice:
+        raise ValueError(f"payloads: rows {twice} appear more than once")
+    merged = {k: v for k, v in first.items() if k not in kept}
+    merged["args"] = {k: v for k, v in first["args"].items() if k not in ROW_OPTIONS}
+    merged["environment"] = first["environment"]
+    merged["sources"] = [{"args": p["args"], "environment": p["environment"]}
+                         for p in payloads]
+    merged["runs"] = [r for p in payloads for r in p["runs"]]
+    merged["results"] = [r for p in payloads for r in p["results"]]
+    return merged
 
 
 def row_record(spec: ModelSpec, fitted: Fitted) -> dict:

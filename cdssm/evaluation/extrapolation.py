@@ -94,7 +94,7 @@ def run(args) -> dict:
                "windows": int(windows.shape[0]), "window_len": length,
                "environment": environment(), "runs": runs, "results": results}
     write_json(f"{args.out_dir}/extrapolation.json", payload)
-    _plot(payload, f"{args.out_dir}/extrapolation.png")
+    plot(payload, f"{args.out_dir}/extrapolation.png")
     print(table(payload))
     return payload
 
@@ -111,7 +111,7 @@ def table(payload: dict) -> str:
     return format_table(header, rows)
 
 
-def _plot(payload: dict, path: str) -> None:
+def plot(payload: dict, path: str) -> None:
     plt = pyplot()
     L = payload["args"]["seq_len"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)

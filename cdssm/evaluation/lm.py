@@ -81,7 +81,7 @@ def run(args) -> dict:
     payload = {"task": "lm", "args": args_record(args),
                "environment": environment(), "runs": runs}
     write_json(f"{args.out_dir}/lm.json", payload)
-    _plot(payload, f"{args.out_dir}/lm.png")
+    plot(payload, f"{args.out_dir}/lm.png")
     print(table(payload))
     return payload
 
@@ -95,7 +95,7 @@ def table(payload: dict) -> str:
     return format_table(header, rows)
 
 
-def _plot(payload: dict, path: str) -> None:
+def plot(payload: dict, path: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
     for i, r in enumerate(payload["runs"]):

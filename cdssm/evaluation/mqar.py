@@ -125,12 +125,14 @@ def run(args) -> dict:
     tests = {cell: mqar_examples(np.random.default_rng([args.seed, 2, i]), args.test_examples,
                                  *cell, args.vocab_size) for i, cell in enumerate(grid)}
     make_loader = synthetic_loader_factory(_sampler(grid, args.vocab_size))
+    train_examples = {"task": "mqar", "cells": grid, "vocab_size": args.vocab_size}
     runs, results = [], []
     jobs = [(spec, d) for d in args.d_model for spec in specs]
     for spec, d_model in tqdm(jobs, desc="mqar rows", unit="model", disable=not args.progress):
         settings = train_settings(args, d_model=d_model, seq_len=max(args.seq_lens))
         fitted = fit(spec, settings, args.out_dir, make_loader=make_loader,
-                     vocab_size=args.vocab_size, retrain=args.retrain, progress=args.progress)
+                     vocab_size=args.vocab_size, examples=train_examples, retrain=args.retrain,
+                     progress=args.progress)
         runs.append({**row_record(spec, fitted), "d_model": d_model})
         for (seq_len, num_pairs), examples in tests.items():
             correct, asked = accuracy(fitted.model, examples, precision, args.eval_batch_size)
@@ -141,7 +143,7 @@ def run(args) -> dict:
     payload = {"task": "mqar", "args": args_record(args),
                "cells": grid, "environment": environment(), "runs": runs, "results": results}
     write_json(f"{args.out_dir}/mqar.json", payload)
-    _plot(payload, f"{args.out_dir}/mqar.png")
+    plot(payload, f"{args.out_dir}/mqar.png")
     print(table(payload))
     return payload
 
@@ -158,7 +160,7 @@ def table(payload: dict) -> str:
     return format_table(header, rows)
 
 
-def _plot(payload: dict, path: str) -> None:
+def plot(payload: dict, path: str) -> None:
     plt = pyplot()
     seq_lens = sorted({c[0] for c in payload["cells"]})
     widths = sorted({r["d_model"] for r in payload["runs"]})
@@ -184,9 +186,9 @@ def _plot(payload: dict, path: str) -> None:
         ax = axes[1, j]  # accuracy vs width at the most pairs
         k = pairs[-1]
         for label in labels:
-            ys = [acc.get((label, d, t, k)) for d in widths]
-            if None not in ys:
-                ax.plot(widths, ys, marker="o", color=colors[label], label=label)
+            points = [(d, acc[(label, d, t, k)]) for d in widths if (label, d, t, k) in acc]
+            if points:
+                ax.plot(*zip(*points), marker="o", color=colors[label], label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("model width d")
         ax.set_title(f"T = {t}, K = {k}: accuracy vs width")

@@ -125,11 +125,14 @@ def run(args) -> dict:
     precision = resolved_precision(args)
     make_loader = synthetic_loader_factory(
         _sampler(args.train_min_len, args.train_len, args.digits, args.vocab_size))
+    train_examples = {"task": "passkey", "train_min_len": args.train_min_len,
+                      "digits": args.digits, "vocab_size": args.vocab_size}  # train_len: seq_len
     runs, results = [], []
     for spec in tqdm(specs, desc="passkey rows", unit="model", disable=not args.progress):
         settings = train_settings(args, d_model=args.d_model, seq_len=args.train_len)
         fitted = fit(spec, settings, args.out_dir, make_loader=make_loader,
-                     vocab_size=args.vocab_size, retrain=args.retrain, progress=args.progress)
+                     vocab_size=args.vocab_size, examples=train_examples, retrain=args.retrain,
+                     progress=args.progress)
         runs.append(row_record(spec, fitted))
         for i, seq_len in enumerate(args.test_lens):
             for j, depth in enumerate(args.depths):
@@ -145,7 +148,7 @@ def run(args) -> dict:
     payload = {"task": "passkey", "args": args_record(args),
                "environment": environment(), "runs": runs, "results": results}
     write_json(f"{args.out_dir}/passkey.json", payload)
-    _plot(payload, f"{args.out_dir}/passkey.png")
+    plot(payload, f"{args.out_dir}/passkey.png")
     print(table(payload))
     return payload
 
@@ -164,7 +167,7 @@ def table(payload: dict) -> str:
     return format_table(header, rows)
 
 
-def _plot(payload: dict, path: str) -> None:
+def plot(payload: dict, path: str) -> None:
     plt = pyplot()
     lens, depths = payload["args"]["test_lens"], payload["args"]["depths"]
     labels = [r["label"] for r in payload["runs"]]

@@ -1,0 +1,44 @@
+# Sourced by tools/eval_gpu_recall*.sh: one `cdssm eval` process per row, side by side on one GPU
+# (the models are small: one process leaves the GPU mostly idle), all under one deadline so the
+# whole command fits a 10-minute device call; a row still training at the deadline is killed
+# and leaves no result. merge_rows joins each group's finished rows into one table and figure
+# (tools/eval_merge.py). Set DEADLINE (epoch seconds) before calling row.
+
+ROWS=""  # GROUP/NAME of every row, in table order
+
+until_deadline() {  # cdssm eval ARGS, killed at $DEADLINE
+  local left=$(( DEADLINE - $(date +%s) ))
+  [ "$left" -gt 10 ] && timeout "$left" python3 -m cdssm eval "$@"
+}
+
+row() {  # GROUP NAME OPTIONS...: one row of `cdssm eval TASK` in the background, into
+  local group=$1 name=$2  # eval/GROUP-rows/NAME; TASK is GROUP up to its first dot
+  shift 2
+  ROWS="$ROWS $group/$name"
+  mkdir -p eval/logs
+  until_deadline "${group%%.*}" "$@" --no-progress --out-dir "eval/$group-rows/$name" \
+    > "eval/logs/$group-$name.log" 2>&1 &
+}
+
+merge_rows() {  # after `wait`: eval/GROUP/TASK.{json,png} per group, tables, last steps, errors
+  local groups group task done_rows f
+  groups=$(for r in $ROWS; do echo "${r%%/*}"; done | awk '!seen[$0]++')
+  for group in $groups; do
+    task=${group%%.*}
+    done_rows=$(for r in $ROWS; do f="eval/$group-rows/${r#*/}/$task.json";
+                [ "${r%%/*}" = "$group" ] && [ -f "$f" ] && echo "$f"; done)
+    echo "== $group: $(echo $done_rows | wc -w) rows finished"
+    [ -n "$done_rows" ] && python3 tools/eval_merge.py "eval/$group" $done_rows
+  done
+  python3 - <<'PY'  # every row's last logged step: rows the deadline killed show how far they got
+import glob, json
+for path in sorted(glob.glob("eval/*-rows/*/runs/*/metrics.jsonl")):
+    last = [json.loads(line) for line in open(path) if '"loss"' in line][-1:]
+    if last:
+        print(f"{path.split('/')[1]:>18} {path.split('/')[2]:>18}: step {last[0]['step']:>5} "
+              f"loss {last[0]['loss']:.3f} {last[0]['tokens_per_s']:,.0f} tok/s")
+PY
+  for f in eval/logs/*.log; do
+    grep -q "Traceback" "$f" && { echo "== $f"; tail -5 "$f"; }
+  done
+}
