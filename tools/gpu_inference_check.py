@@ -4,6 +4,10 @@ On a CUDA device, with small random models (matrices redrawn so they do not echo
   cudagraph   generate(cuda_graph=True) tokens == eager tokens, greedy and sampled, packed
               prompts of different lengths; CD-SSM P = 1, P = 2, and bf16 weights
   transformer cuda_graph=True on the Transformer raises ValueError (its KV cache grows)
+  loader      a CUDA AOTInductor package of a plain nn.Linear (no cdssm code) loads and runs in a
+              fresh process; when this torch's CUDA AOTI loader crashes (SIGSEGV, seen with torch
+              2.11.0+cu130), the aoti, cli and cpp checks fail as "not run" instead of killing
+              this process
   aoti        export_packages(device="cuda"): PackagedLM tokens == eager tokens (greedy, sampled)
   cli         `cdssm generate --package` in a fresh process, `--checkpoint` and
               `--checkpoint --cuda-graph` print the same text and ids
@@ -94,6 +98,14 @@ def main(argv=None):
     attempt("transformer cuda_graph raises", transformer_refuses)
 
     work = tempfile.mkdtemp()
+    loader_ok, loader_detail = cuda_aoti_loader_works(work)
+    record("loader: plain nn.Linear CUDA AOTI package loads in a fresh process", loader_ok,
+           loader_detail)
+    if not loader_ok:
+        for name in ("aoti cuda package", "cli generate", "cpp runner on cuda packages"):
+            record(name, False, "not run: this torch's CUDA AOTI loader fails on a plain "
+                                "nn.Linear package (loader check)")
+        return finish(a.json, rows)
     model = tiny_cdssm()
     checkpoint, package = os.path.join(work, "checkpoint"), os.path.join(work, "package")
     model.save_pretrained(checkpoint)
@@ -147,9 +159,36 @@ def main(argv=None):
                f"{got} vs {expected} {result.stderr[-200:]}")
 
     attempt("cpp runner on cuda packages", cpp_runner)
+    return finish(a.json, rows)
 
-    write_json(a.json, {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "rows": rows})
+
+def cuda_aoti_loader_works(work: str) -> tuple:
+    """(ok, detail): compiles a CUDA AOTInductor package of nn.Linear(64, 64) here and loads and
+    runs it in a fresh Python process that never imports cdssm, so a crash of the loader itself
+    is told apart from one in cdssm's packages and does not end this process."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 64).cuda()
+    x = torch.randn(4, 64, device="cuda")
+    path = os.path.join(work, "linear.pt2")
+    with torch.no_grad():
+        torch._inductor.aoti_compile_and_package(torch.export.export(linear, (x,)),
+                                                 package_path=path)
+        torch.save({"x": x, "y": linear(x)}, os.path.join(work, "linear_io.pt"))
+    code = ("import sys, torch; io = torch.load(sys.argv[2]); "
+            "y = torch._inductor.aoti_load_package(sys.argv[1])(io['x']); "
+            "print(float((y - io['y']).abs().max()))")
+    result = subprocess.run([sys.executable, "-c", code, path, os.path.join(work, "linear_io.pt")],
+                            capture_output=True, text=True, timeout=300)
+    if result.returncode:
+        return False, f"exit {result.returncode}: {result.stderr.strip()[-200:]}"
+    diff = float(result.stdout.split()[-1])
+    return diff < 1e-3, f"max |Δ| vs eager {diff:.1e}"
+
+
+def finish(json_path: str, rows: list) -> int:
+    """Writes the JSON, prints the summary; the exit status is 1 when any check failed."""
+    write_json(json_path, {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                           "rows": rows})
     failed = [r for r in rows if not r["ok"]]
     print(f"\n{len(rows) - len(failed)} of {len(rows)} pass")
     return 1 if failed else 0
