@@ -3,11 +3,7 @@
 # T = 1024 (d 128), passkey trained at ≤ 512 tokens; one process per row (tools/eval_rows.sh).
 # Results (JSON, PNG, logs, each run's config.json and metrics.jsonl; not the weights) go into
 # $OUT/recall.tar.gz.     usage: tools/eval_gpu_recall.sh [LIMIT_SECONDS]   (after pip install -e .)
-set -u
-LIMIT=${1:-420}
-OUT=${OUT:-out}
-DEADLINE=$(( $(date +%s) + LIMIT ))
-source "$(dirname "$0")/eval_rows.sh"
+source "$(dirname "$0")/eval_rows.sh" "${1:-420}"
 MQAR="--seq-lens 256 --pairs 4 16 64 --vocab-size 1024 --steps 1200 --batch-size 128 --lr 3e-3"
 for d in 64 128 256; do
   row mqar "transformer-d$d" $MQAR --d-model $d --arch transformer
@@ -27,8 +23,4 @@ PASSKEY="--train-len 512 --train-min-len 64 --test-lens 512 1024 2048 4096 8192 
 row passkey transformer $PASSKEY --arch transformer
 row passkey cdssm-P1 $PASSKEY --arch cdssm --state-pairs 1
 row passkey cdssm-P8 $PASSKEY --arch cdssm --state-pairs 8
-wait
-merge_rows
-mkdir -p "$OUT"
-tar czf "$OUT/recall.tar.gz" --exclude "*.safetensors" --exclude "*.pt" eval
-ls -la "$OUT"
+finish_rows recall

@@ -5,11 +5,7 @@
 # with larger batches (and two other learning rates); passkey trained at ≤ 128 tokens.
 # One process per row (tools/eval_rows.sh); results into $OUT/recall2.tar.gz.
 #   usage: tools/eval_gpu_recall_part2.sh [LIMIT_SECONDS]        (after pip install -e .)
-set -u
-LIMIT=${1:-420}
-OUT=${OUT:-out}
-DEADLINE=$(( $(date +%s) + LIMIT ))
-source "$(dirname "$0")/eval_rows.sh"
+source "$(dirname "$0")/eval_rows.sh" "${1:-420}"
 MQAR="--seq-lens 256 --pairs 4 16 64 --vocab-size 1024 --steps 2500 --batch-size 128 --lr 3e-3"
 for d in 64 128 256; do
   row mqar "transformer-d$d" $MQAR --d-model $d --arch transformer
@@ -32,8 +28,4 @@ PASSKEY="--train-len 128 --train-min-len 32 --test-lens 128 512 1024 4096 16384 
 row passkey transformer $PASSKEY --arch transformer
 row passkey cdssm-P1 $PASSKEY --arch cdssm --state-pairs 1
 row passkey cdssm-P8 $PASSKEY --arch cdssm --state-pairs 8
-wait
-merge_rows
-mkdir -p "$OUT"
-tar czf "$OUT/recall2.tar.gz" --exclude "*.safetensors" --exclude "*.pt" eval
-ls -la "$OUT"
+finish_rows recall2

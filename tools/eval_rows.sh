@@ -2,8 +2,12 @@
 # (the models are small: one process leaves the GPU mostly idle), all under one deadline so the
 # whole command fits a 10-minute device call; a row still training at the deadline is killed
 # and leaves no result. merge_rows joins each group's finished rows into one table and figure
-# (tools/eval_merge.py). Set DEADLINE (epoch seconds) before calling row.
+# (tools/eval_merge.py); finish_rows packs the results into $OUT.
+#   usage: source tools/eval_rows.sh LIMIT_SECONDS   (the deadline is LIMIT_SECONDS from now)
 
+set -u
+DEADLINE=$(( $(date +%s) + ${1:-420} ))
+OUT=${OUT:-out}
 ROWS=""  # GROUP/NAME of every row, in table order
 
 until_deadline() {  # cdssm eval ARGS, killed at $DEADLINE
@@ -41,4 +45,12 @@ PY
   for f in eval/logs/*.log; do
     grep -q "Traceback" "$f" && { echo "== $f"; tail -5 "$f"; }
   done
+}
+
+finish_rows() {  # ARCHIVE: wait for every row, merge, pack the results (JSON, PNG, logs, each
+  wait           # run's config.json and metrics.jsonl; not the weights) into $OUT/ARCHIVE.tar.gz
+  merge_rows
+  mkdir -p "$OUT"
+  tar czf "$OUT/$1.tar.gz" --exclude "*.safetensors" --exclude "*.pt" eval
+  ls -la "$OUT"
 }
