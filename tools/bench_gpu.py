@@ -97,20 +97,25 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-lm", action="store_true", help="skip the 12-layer LM rows")
+    p.add_argument("--no-block", action="store_true",
+                   help="skip the block rows (e.g. the LM rows alone at long L, which take about "
+                        "a minute of compile each)")
     p.add_argument("--json", default="runs/bench_gpu.json")
     a = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        p.error("needs a CUDA GPU")
+    if a.no_lm and a.no_block:
+        p.error("--no-lm with --no-block leaves nothing to measure")
     for L in a.lengths:
         if L < 1 or a.tokens % L:
             p.error(f"--lengths: each length must divide --tokens {a.tokens}, got {L}")
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU")
 
     peak = matmul_peak_tflops()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "matmul_peak_tflops": peak, "tokens_per_step": a.tokens, "block": [], "lm": []}
     for L in a.lengths:
         B = a.tokens // L
-        for arch in ("cdssm", "transformer"):
+        for arch in () if a.no_block else ("cdssm", "transformer"):
             def measure():
                 step = block_step(arch, L, B)
                 ms = cuda_time_ms(step, a.warmup, a.repeats)
@@ -144,7 +149,8 @@ def main(argv=None):
             print(f"{L:>6} {fmt(c, 'ktok_per_s', '.0f'):>14} {fmt(t, 'ktok_per_s', '.0f'):>15} {ratio:>6} "
                   f"{fmt(c, 'peak_mib', '.0f'):>11} {fmt(t, 'peak_mib', '.0f'):>12}{mfu}")
 
-    table(result["block"], "block fwd+bwd, compiled", "")
+    if result["block"]:
+        table(result["block"], "block fwd+bwd, compiled", "")
     if result["lm"]:
         table(result["lm"], f"{N_LAYERS}-layer LM training step", "  MFU(CD)   MFU(Tf)")
     write_json(a.json, result)
