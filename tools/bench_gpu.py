@@ -18,7 +18,7 @@ import json
 
 import torch
 
-from cuda_timing import cuda_time_ms, matmul_peak_tflops
+from cuda_timing import cuda_time_ms, matmul_peak_tflops, peak_mib
 
 from cdssm.config import CDSSMConfig
 from cdssm.models.attention import plan_attention
@@ -27,16 +27,6 @@ from cdssm.models.transformer import TransformerBlock, TransformerConfig, Transf
 from cdssm.files import write_json
 
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
-
-
-def peak_mib(fn):
-    """Peak allocated memory of fn() above what was allocated before, MiB."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
 def block_step(arch, L, B):

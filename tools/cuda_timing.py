@@ -24,6 +24,16 @@ def cuda_time_ms(fn, warmup: int, repeats: int, inner: int = 1) -> float:
     return statistics.median(times)
 
 
+def peak_mib(fn):
+    """Peak allocated memory of fn() above what was allocated before, MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+
+
 def matmul_peak_tflops() -> float:
     """Measured bf16 rate of an 8192³ matrix product on random data, TFLOP/s."""
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
