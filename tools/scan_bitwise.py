@@ -1,8 +1,8 @@
 """Bit-for-bit comparison of chunk_delta_scan between two builds, for kernel changes meant to
 leave the arithmetic unchanged (same values into the same operations in the same order).
 
-Runs fwd+bwd on fixed seeded inputs (bf16 and fp16, P = 1 and 2, decays "random" and
-"near_one", B=2 T=200 with an initial state, varlen [70, 0, 129, 1], and B=1 T=4096 H=4) and
+Runs fwd+bwd on fixed seeded inputs (bf16, fp16, fp32 and fp64, P = 1 and 2, decays "random"
+and "near_one", B=2 T=200 with an initial state, varlen [70, 0, 129, 1], and B=1 T=4096 H=4) and
 either saves the outputs o, final state and every input gradient (--save FILE), or compares them
 with a saved file (--compare FILE; exit status 1 if any tensor differs in any bit). Every case
 runs twice first: the scan must be deterministic for the comparison to mean anything.
@@ -29,7 +29,7 @@ NAMES = ("o", "final", "dq", "dk", "dv", "dbeta", "dlog_decay", "dphase", "dinit
 def cases():
     """(name, B, T, H, P, dtype, decay, lengths) of every case."""
     out = []
-    for dtype in (torch.bfloat16, torch.float16):
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
         for P in (1, 2):
             for decay in ("random", "near_one"):
                 out.append((2, 200, 2, P, dtype, decay, None))
@@ -46,7 +46,8 @@ def run(B, T, H, P, dtype, decay, lengths, device):
     cu = None if cu is None else cu.to(device)
     inputs = make_inputs(B, T, H, 64, P, dtype=dtype, decay=decay, initial_state=True, n_states=n_states)
     inputs = [t.to(device).requires_grad_() for t in inputs]
-    grad_o, grad_final = make_cotangents(B, T, H, 64, P, n_states, dtype=dtype, state_dtype=torch.float32)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    grad_o, grad_final = make_cotangents(B, T, H, 64, P, n_states, dtype=dtype, state_dtype=state_dtype)
     o, final = chunk_delta_scan(*inputs, cu_seqlens=cu, output_final_state=True)
     torch.autograd.backward([o, final], [grad_o.to(device), grad_final.to(device)])
     return [t.detach().cpu() for t in [o, final] + [x.grad for x in inputs]]
