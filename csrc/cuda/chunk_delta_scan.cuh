@@ -933,11 +933,14 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
 // Backward (3): per (chunk, head), the CPU kernel's chunk backward from s0 = boundary[row] and
 // ds = ds_end[row]: dq, dk, dv, dβ, d log_decay, d phase of the chunk's tokens.
 
+// T and EH lie back to back: once the per-pair loop is done they are one region of 12C(C + 1)
+// bytes (fp32) for the tiles of the final products (chunk_bwd_kernel).
 template <typename scalar_t, typename acc_t>
 struct ChunkBwdScratch {
   scalar_t *K, *Q;
-  acc_t *KK, *T, *beta, *dB;  // KK: KK strictly lower, QK transposed on and above the diagonal
-  acc_t* dT;                  // dT strictly lower, dQK transposed on and above the diagonal
+  acc_t *KK, *beta, *dB;  // KK: KK strictly lower, QK transposed on and above the diagonal
+  acc_t* dT;              // dT strictly lower, dQK transposed on and above the diagonal
+  acc_t* T;
   Cx<acc_t> *G, *gam, *dy, *EH;              // G, gam, dy: (P, C); EH: (C, C)
   Cx<acc_t> *s0, *ds;                        // (P, D)
   Cx<acc_t> *cu, *dks, *a;                   // (P, C): the rank-P parts of dK and dQ
@@ -949,13 +952,13 @@ struct ChunkBwdScratch {
     K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     Q = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     KK = c.take<acc_t>(int64_t(C) * (C + 1));
-    T = c.take<acc_t>(int64_t(C) * (C + 1));
     dT = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     dB = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     gam = c.take<Cx<acc_t>>(int64_t(C) * P);
     dy = c.take<Cx<acc_t>>(int64_t(C) * P);
+    T = c.take<acc_t>(int64_t(C) * (C + 1));
     EH = c.take<Cx<acc_t>>(int64_t(C) * (C + 1));
     s0 = c.take<Cx<acc_t>>(int64_t(P) * D);
     ds = c.take<Cx<acc_t>>(int64_t(P) * D);
@@ -1147,14 +1150,54 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
   }
   // T_real = (I + A)⁻¹, A_tj = β_t KK_tj (t > j): dA = −T_realᵀ dT T_realᵀ, with dT and T_real
   // zero above the diagonal. X = dT T_realᵀ, then dT ← dA (strictly lower).
+  // With kPre (bf16 inputs, C a multiple of 64) the fp32 operands of these products and of dK / dQ
+  // are split into bf16 hi + lo once, into swizzled SplitRows tiles fed by ldmatrix, instead of in
+  // every warp's fragment loads: the same values into the same mma calls. They live in the
+  // region of T and EH (bf16 elements, C² per tile): X at 0 and 1 (inside T's fp32 tile), T_real
+  // at R + 0 and 1, the strictly lower dT at R + 2 and 3 (R = 2C(C + 1), EH's start); after the
+  // two products the dK operand (C × 2C) at 0 and 2.
+  constexpr bool kL = kLdm<scalar_t, kC, kD>, kPre = kL && kC % 64 == 0;
+  __nv_bfloat16* const bf = reinterpret_cast<__nv_bfloat16*>(s.T);
+  const int CC = C * C, R = 2 * C * (C + 1);
+  const mma::SplitRows<true> Xs{bf, bf + CC, C}, Ts{bf + R, bf + R + CC, C}, dTs{bf + R + 2 * CC, bf + R + 3 * CC, C};
   acc_t* X = reinterpret_cast<acc_t*>(s.EH);
+  if constexpr (kPre) {
+    for (int i = threadIdx.x; i < CC / 2; i += blockDim.x) {
+      const int t = i / (C / 2), j = 2 * (i % (C / 2));
+      const bool in = t < m && j < m, in1 = t < m && j + 1 < m;
+      Ts.store2(t, j, in ? s.T[t * LC + j] : 0.f, in1 ? s.T[t * LC + j + 1] : 0.f);
+      dTs.store2(t, j, in && j < t ? s.dT[t * LC + j] : 0.f, in1 && j + 1 < t ? s.dT[t * LC + j + 1] : 0.f);
+    }
+    __syncthreads();
+  }
+  // X rows and columns m .. m16 − 1 are written too (zeros: the operands are zero there), since
+  // the tile feeds the next product whole.
+  const int m16 = kPre ? (m + 15) / 16 * 16 : m;
   block_product<scalar_t, false, false, acc_t>(
-      m, m, m, [&](int l, int k) { return k < l ? s.dT[l * LC + k] : acc_t(0); },
-      [&](int k, int j) { return s.T[j * LC + k]; }, [&](int l, int j, acc_t v) { X[l * LC + j] = v; });
+      m16, m16, m,
+      [&] {
+        if constexpr (kPre) return dTs;
+        else return [&](int l, int k) { return k < l ? s.dT[l * LC + k] : acc_t(0); };
+      }(),
+      [&] {
+        if constexpr (kPre) return Ts;
+        else return [&](int k, int j) { return s.T[j * LC + k]; };
+      }(),
+      [&](int l, int j, acc_t v) {
+        if constexpr (kPre) Xs.store(l, j, v);
+        else X[l * LC + j] = v;
+      });
   __syncthreads();
   block_product<scalar_t, false, false, acc_t>(
-      m, m, m, [&](int t, int l) { return s.T[l * LC + t]; },
-      [&](int l, int j) { return X[l * LC + j]; },
+      m, m, m,
+      [&] {
+        if constexpr (kPre) return mma::SplitRows<false>{Ts.hi, Ts.lo, C};
+        else return [&](int t, int l) { return s.T[l * LC + t]; };
+      }(),
+      [&] {
+        if constexpr (kPre) return mma::SplitRows<false>{Xs.hi, Xs.lo, C};
+        else return [&](int l, int j) { return X[l * LC + j]; };
+      }(),
       [&](int t, int j, acc_t v) {
         if (j < t) s.dT[t * LC + j] = -v;
       });
@@ -1170,13 +1213,25 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
         return acc;
       },
       [&](int t, acc_t acc) { gr.dbeta[(c.tok0 + t) * in.H + h] = from_acc<scalar_t>(acc + s.dB[t]); });
-  constexpr bool kL = kLdm<scalar_t, kC, kD>;
+  // The dK operand: row t = (dkk_t,: , dQK_{:,t}) over 2C columns.
+  const auto dk_a = [&](int t, int k) {
+    if (k >= C) return k - C < m && t <= k - C ? s.dT[t * LC + k - C] : acc_t(0);  // dQK_{k−C,t}
+    return k >= m ? acc_t(0) : k < t ? s.beta[t] * s.dT[t * LC + k] : k > t ? s.beta[k] * s.dT[k * LC + t] : acc_t(0);
+  };
+  const mma::SplitRows<true> dKs{bf, bf + 2 * CC, 2 * C};
+  if constexpr (kPre) {
+    for (int i = threadIdx.x; i < CC; i += blockDim.x) {
+      const int t = i / C, k = 2 * (i % C);
+      dKs.store2(t, k, t < m ? dk_a(t, k) : 0.f, t < m ? dk_a(t, k + 1) : 0.f);
+    }
+    __syncthreads();
+  }
   block_product<scalar_t, false, true, acc_t>(
       m, D, 2 * C,
-      [&](int t, int k) {
-        if (k >= C) return k - C < m && t <= k - C ? s.dT[t * LC + k - C] : acc_t(0);  // dQK_{k−C,t}
-        return k >= m ? acc_t(0) : k < t ? s.beta[t] * s.dT[t * LC + k] : k > t ? s.beta[k] * s.dT[k * LC + t] : acc_t(0);
-      },
+      [&] {
+        if constexpr (kPre) return dKs;
+        else return dk_a;
+      }(),
       [&] {
         if constexpr (kL) return mma::Rows<false>{s.K, LD};  // s.Q == s.K + C·LD
         else return [&](int k, int d) { return to_acc(k < C ? s.K[k * LD + d] : s.Q[(k - C) * LD + d]); };
@@ -1186,8 +1241,13 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
           v += re_conj_mul(s.cu[p * C + t], s.ds[p * D + d]) + re_conj_mul(s.s0[p * D + d], s.dks[p * C + t]);
         gr.dk[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(v);
       });
+  // dQ's operand dQK_tj is the dK operand's (j, C + t) (a view at column C, a multiple of 64).
   block_product<scalar_t, false, true, acc_t>(
-      m, D, m, [&](int t, int j) { return j <= t ? s.dT[j * LC + t] : acc_t(0); },  // dQK_tj
+      m, D, m,
+      [&] {
+        if constexpr (kPre) return mma::SplitRows<false>{dKs.hi + C, dKs.lo + C, 2 * C};
+        else return [&](int t, int j) { return j <= t ? s.dT[j * LC + t] : acc_t(0); };  // dQK_tj
+      }(),
       rows_b<kL, false>(s.K, LD),
       [&](int t, int d, acc_t v) {
         for (int p = 0; p < P; ++p) v += re_conj_mul(s.s0[p * D + d], s.a[p * C + t]);
