@@ -29,16 +29,20 @@ from cdssm.files import write_json
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
 
 
-def block_step(arch, L, B):
-    """A compiled fwd+bwd step of one block on x (B, L, d) bf16."""
+def block_forward(arch, L):
+    """x (B, L, d) ↦ the compiled (fullgraph) block's output, for arch "cdssm" or "transformer"."""
     torch.manual_seed(0)
     if arch == "cdssm":
         block = CDSSMBlock(CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB), 0).cuda()
-        fwd = torch.compile(lambda x: block(x).hidden, fullgraph=True)
-    else:
-        block = TransformerBlock(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)).cuda()
-        plan = plan_attention(L, torch.device("cuda"), 64, 10000.0, torch.bfloat16)
-        fwd = torch.compile(lambda x: block(x, plan)[0], fullgraph=True)
+        return torch.compile(lambda x: block(x).hidden, fullgraph=True)
+    block = TransformerBlock(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)).cuda()
+    plan = plan_attention(L, torch.device("cuda"), 64, 10000.0, torch.bfloat16)
+    return torch.compile(lambda x: block(x, plan)[0], fullgraph=True)
+
+
+def block_step(arch, L, B):
+    """A compiled fwd+bwd step of one block on x (B, L, d) bf16."""
+    fwd = block_forward(arch, L)
     x = torch.randn(B, L, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     grad = torch.randn_like(x)
 

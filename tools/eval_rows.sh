@@ -10,14 +10,14 @@ DEADLINE=$(( $(date +%s) + ${1:-420} ))
 OUT=${OUT:-out}
 ROWS=""  # GROUP/NAME of every row, in table order
 
-until_deadline() {  # cdssm eval ARGS, killed at $DEADLINE
+until_deadline() {  # $EVAL ARGS (default `cdssm eval`), killed at $DEADLINE
   local left=$(( DEADLINE - $(date +%s) ))
-  [ "$left" -gt 10 ] && timeout "$left" python3 -m cdssm eval "$@"
+  [ "$left" -gt 10 ] && timeout "$left" ${EVAL:-python3 -m cdssm eval} "$@"
 }
 
 row() {  # GROUP NAME OPTIONS...: one row of `cdssm eval TASK` in the background, into
-  local group=$1 name=$2  # eval/GROUP-rows/NAME; TASK is GROUP up to its first dot
-  shift 2
+  local group=$1 name=$2  # eval/GROUP-rows/NAME; TASK is GROUP up to its first dot. `EVAL=CMD
+  shift 2                 # row ...` runs CMD TASK ... instead (e.g. tools/eval_no_phase.py)
   ROWS="$ROWS $group/$name"
   mkdir -p eval/logs
   until_deadline "${group%%.*}" "$@" --no-progress --out-dir "eval/$group-rows/$name" \
