@@ -1,6 +1,8 @@
 """``cdssm eval``: the task data generators, exact scoring, and a tiny run of every task."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +207,46 @@ def test_a_run_trained_on_other_examples_is_not_loaded(tmp_path, task, other):
     assert all(r["trained_now"] for r in _check_outputs(out, task[0])["runs"])
     main(["eval", *task, *tiny])  # the first run's settings again: its model is loaded
     assert not any(r["trained_now"] for r in _check_outputs(out, task[0])["runs"])
+
+
+def _eval_no_phase():
+    """tools/eval_no_phase.py as a module (tools/ is not a package)."""
+    path = Path(__file__).parent.parent / "tools" / "eval_no_phase.py"
+    spec = importlib.util.spec_from_file_location("eval_no_phase", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_no_phase_runs_the_task_with_every_phase_zero(tmp_path, monkeypatch):
+    """tools/eval_no_phase.py: the scan sees φ = 0 and the specified decay; the task runs."""
+    import cdssm.models.cdssm as cdssm_model
+
+    tool = _eval_no_phase()
+    monkeypatch.setattr(cdssm_model, "scan_inputs", cdssm_model.scan_inputs)  # restored after
+    seen, scan = [], cdssm_model.chunk_delta_scan
+
+    def spy(q, k, v, beta, log_decay, phase, *args, **kwargs):
+        seen.append((log_decay.detach().clone(), phase.detach().clone()))
+        return scan(q, k, v, beta, log_decay, phase, *args, **kwargs)
+
+    monkeypatch.setattr(cdssm_model, "chunk_delta_scan", spy)
+    assert tool.main(["mqar", "--seq-lens", "32", "--pairs", "4", "--vocab-size", "64",
+                      "--test-examples", "4", "--arch", "cdssm", "--out-dir", str(tmp_path),
+                      *TINY]) == 0
+    assert seen and all(bool((phase == 0).all()) for _, phase in seen)
+    assert any(bool((log_decay < 0).any()) for log_decay, _ in seen)  # the decay is kept
+    assert json.loads((tmp_path / "mqar.json").read_text())["results"]
+
+
+def test_scan_inputs_without_phase_keeps_decay_and_value_scale():
+    from cdssm.ops.dynamics import scan_inputs
+
+    tool = _eval_no_phase()
+    g = torch.Generator().manual_seed(0)
+    alpha, omega = torch.rand(3, 2, 4, generator=g), 3 * torch.randn(3, 2, 4, generator=g)
+    dt, r = torch.rand(3, 2, 4, generator=g), torch.rand(3, 2, 1, generator=g)
+    want, got = scan_inputs(alpha, omega, dt, r, 0.5), tool.scan_inputs_without_phase(alpha, omega, dt, r, 0.5)
+    assert want.phase.abs().max() > 0 and (got.phase == 0).all()
+    torch.testing.assert_close(got.log_decay, want.log_decay, rtol=0, atol=0)
+    torch.testing.assert_close(got.value_scale, want.value_scale, rtol=0, atol=0)
