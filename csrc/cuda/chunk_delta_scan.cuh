@@ -1237,7 +1237,8 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
         else return [&](int k, int d) { return to_acc(k < C ? s.K[k * LD + d] : s.Q[(k - C) * LD + d]); };
       }(),
       [&](int t, int d, acc_t v) {
-        for (int p = 0; p < P; ++p)
+#pragma unroll 1  // P is not known at compile time: unrolled per output element, this loop was
+        for (int p = 0; p < P; ++p)  // most of the kernel's code (instruction-cache stalls)
           v += re_conj_mul(s.cu[p * C + t], s.ds[p * D + d]) + re_conj_mul(s.s0[p * D + d], s.dks[p * C + t]);
         gr.dk[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(v);
       });
@@ -1250,6 +1251,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
       }(),
       rows_b<kL, false>(s.K, LD),
       [&](int t, int d, acc_t v) {
+#pragma unroll 1  // as in dK's epilogue
         for (int p = 0; p < P; ++p) v += re_conj_mul(s.s0[p * D + d], s.a[p * C + t]);
         gr.dq[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(v);
       });
