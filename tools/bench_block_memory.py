@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from bench_gpu import D_MODEL, block_forward
+from bench_gpu import block_forward_bf16
 from bench_scan_gpu import scan_inputs
 
 from cdssm.files import write_json
@@ -34,14 +34,7 @@ def _mib_since(base):
 
 
 def block_memory(arch, L, B):
-    fwd = block_forward(arch, L)
-    x = torch.randn(B, L, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    grad = torch.randn_like(x)
-
-    def forward():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return fwd(x)
-
+    forward, grad = block_forward_bf16(arch, L, B)
     forward().backward(grad)  # compile, and allocate the weights' gradients
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()

@@ -40,18 +40,23 @@ def block_forward(arch, L):
     return torch.compile(lambda x: block(x, plan)[0], fullgraph=True)
 
 
-def block_step(arch, L, B):
-    """A compiled fwd+bwd step of one block on x (B, L, d) bf16."""
+def block_forward_bf16(arch, L, B):
+    """(forward, grad): forward() runs the compiled block on a fixed x (B, L, d) bf16 under bf16
+    autocast; grad is a cotangent for its output."""
     fwd = block_forward(arch, L)
     x = torch.randn(B, L, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    grad = torch.randn_like(x)
 
-    def step():
+    def forward():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            y = fwd(x)
-        y.backward(grad)
+            return fwd(x)
 
-    return step
+    return forward, torch.randn_like(x)
+
+
+def block_step(arch, L, B):
+    """A compiled fwd+bwd step of one block on x (B, L, d) bf16."""
+    forward, grad = block_forward_bf16(arch, L, B)
+    return lambda: forward().backward(grad)
 
 
 def lm_step(arch, L, B):
