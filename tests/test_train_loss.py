@@ -16,15 +16,17 @@ def inputs(B, T, d=16, V=37, seed=0):
     return hidden, weight, labels
 
 
+@pytest.mark.parametrize("vocab_align", [1, 64])  # V = 37: unpadded, and padded to 64 rows
 @pytest.mark.parametrize("chunk_tokens", [1, 7, 64, 4096])
 @pytest.mark.parametrize("packed", [False, True])
-def test_chunked_equals_full_cross_entropy(chunk_tokens, packed):
+def test_chunked_equals_full_cross_entropy(chunk_tokens, packed, vocab_align):
     B, T = (1, 50) if packed else (3, 20)
     hidden, weight, labels = inputs(B, T)
     cu = torch.tensor([0, 9, 10, 31, 50], dtype=torch.int32) if packed else None
     full = causal_lm_loss(hidden @ weight.T, labels, cu)
     full_grads = torch.autograd.grad(full, (hidden, weight))
-    chunked = chunked_causal_lm_loss(hidden, weight, labels, cu, chunk_tokens=chunk_tokens)
+    chunked = chunked_causal_lm_loss(hidden, weight, labels, cu, chunk_tokens=chunk_tokens,
+                                     vocab_align=vocab_align)
     grads = torch.autograd.grad(chunked, (hidden, weight))
     torch.testing.assert_close(chunked, full.float(), rtol=1e-6, atol=1e-6)
     for g, ref in zip(grads, full_grads):
@@ -40,3 +42,10 @@ def test_model_loss_is_chunked_cross_entropy_of_its_logits(tiny_config):
     out = model(ids, labels=ids)
     logits = model(ids).logits
     torch.testing.assert_close(out.loss, causal_lm_loss(logits, ids) + out.aux_loss)
+
+
+@pytest.mark.parametrize("vocab_align", [0, -64, 64.0])
+def test_chunked_rejects_a_bad_vocab_align(vocab_align):
+    hidden, weight, labels = inputs(1, 8)
+    with pytest.raises(ValueError, match="vocab_align"):
+        chunked_causal_lm_loss(hidden, weight, labels, vocab_align=vocab_align)

@@ -1,16 +1,18 @@
 """GPU benchmark: the LM head + chunked cross-entropy with and without the vocabulary padding.
 
 `chunked_causal_lm_loss` (cdssm/models/lm_loss.py) multiplies the hidden states by the tied
-embedding zero-padded to a multiple of ``VOCAB_ALIGN`` rows, so that the logits have an aligned
-row stride (V = 50257 is odd). This times its forward + backward, bf16 autocast, on
---tokens × d_model hidden states against a (V, d_model) fp32 weight, with the padding
-(``VOCAB_ALIGN`` = 64) and without it (1), eager and compiled (fullgraph), all rows in one run.
+embedding zero-padded to a multiple of ``vocab_align`` rows (default ``VOCAB_ALIGN``), so that
+the logits have an aligned row stride (V = 50257 is odd). This times its forward + backward,
+bf16 autocast, on --tokens × d_model hidden states against a (V, d_model) fp32 weight, with the
+default padding and without it (vocab_align 1), eager and compiled (fullgraph), all rows in one
+run.
 Prints ms, tokens/s, peak memory and the padded/unpadded speed-up; writes JSON.
 
 Example: python tools/bench_lm_head.py --json runs/bench_lm_head.json
 """
 
 import argparse
+import functools
 import json
 
 import torch
@@ -22,17 +24,16 @@ from cdssm.models import lm_loss
 
 
 def head_step(align, compiled, tokens, d_model, vocab):
-    """A fwd+bwd step of chunked_causal_lm_loss at VOCAB_ALIGN = align."""
+    """A fwd+bwd step of chunked_causal_lm_loss with vocab_align = align."""
     torch.manual_seed(0)
     hidden = torch.randn(1, tokens, d_model, device="cuda", requires_grad=True)
     weight = torch.nn.Parameter(torch.randn(vocab, d_model, device="cuda") * d_model ** -0.5)
     labels = torch.randint(0, vocab, (1, tokens), device="cuda")
-    loss_fn = lm_loss.chunked_causal_lm_loss
+    loss_fn = functools.partial(lm_loss.chunked_causal_lm_loss, vocab_align=align)
     if compiled:
         loss_fn = torch.compile(loss_fn, fullgraph=True)
 
     def step():
-        lm_loss.VOCAB_ALIGN = align
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = loss_fn(hidden, weight, labels)
         loss.backward()
@@ -56,17 +57,15 @@ def main(argv=None):
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
 
-    default_align = lm_loss.VOCAB_ALIGN
     rows = []
     for compiled in (False, True):
-        for align in (1, default_align):
+        for align in (1, lm_loss.VOCAB_ALIGN):
             step = head_step(align, compiled, a.tokens, a.d_model, a.vocab_size)
             ms = cuda_time_ms(step, a.warmup, a.repeats)
             rows.append({"compiled": compiled, "vocab_align": align, "ms": ms,
                          "ktok_per_s": a.tokens / ms, "peak_mib": peak_mib(step)})
             print(json.dumps(rows[-1]), flush=True)
         torch._dynamo.reset()
-    lm_loss.VOCAB_ALIGN = default_align
 
     print(f"\nLM head + chunked CE fwd+bwd ({torch.cuda.get_device_name()}, bf16 autocast, "
           f"{a.tokens} tokens, d {a.d_model}, V {a.vocab_size})")

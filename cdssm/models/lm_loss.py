@@ -52,7 +52,8 @@ def _chunk_ce_sum(hidden: torch.Tensor, padded_weight: torch.Tensor, target: tor
 
 def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                            cu_seqlens: Optional[torch.Tensor] = None,
-                           chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+                           chunk_tokens: int = LOSS_CHUNK_TOKENS,
+                           vocab_align: int = VOCAB_ALIGN) -> torch.Tensor:
     """``causal_lm_loss(hidden @ weightᵀ, labels, cu_seqlens)`` without the (B·T, V) logits.
 
     hidden (B, T, d) (the final-norm output), weight (V, d) (the tied embedding), labels (B, T).
@@ -60,11 +61,13 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     Σ_{t ∈ c} CE(h_t Wᵀ, target_t), recomputed in the backward (activation checkpointing), so at
     most one chunk's logits live at a time. Loss = Σ_c (chunk sum) / #targets (fp32; 0 when no
     position has a target). The logits matmul runs on ``weight`` zero-padded to a multiple of
-    ``VOCAB_ALIGN`` rows (aligned rows for cuBLAS); the padding columns are sliced off before
-    the softmax, so the loss and gradients are those of the unpadded weight.
+    ``vocab_align`` rows (aligned rows for cuBLAS; 1: no padding); the padding columns are
+    sliced off before the softmax, so the loss and gradients are those of the unpadded weight.
     """
+    if not isinstance(vocab_align, int) or vocab_align < 1:
+        raise ValueError(f"vocab_align: expected an int ≥ 1, got {vocab_align!r}")
     V = weight.shape[0]
-    padded_weight = F.pad(weight, (0, 0, 0, -V % VOCAB_ALIGN))
+    padded_weight = F.pad(weight, (0, 0, 0, -V % vocab_align))
     target = shift_labels(labels, cu_seqlens).flatten()
     flat = hidden.flatten(0, 1)
     total = flat.new_zeros((), dtype=torch.float32)
