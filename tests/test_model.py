@@ -324,6 +324,77 @@ def test_compiled_forward_backward_matches_eager(tiny_config):
     torch.testing.assert_close(out.loss, eager_out.loss, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("P", [1, 2])
+def test_in_proj_split_is_the_one_matmul(P):
+    """The block's two in_proj matmuls give the one matmul's gate, xg, k_raw, v_raw (float64)."""
+    config = pairs(P)
+    block = make_model(config, dtype=torch.float64).blocks[0]
+    xn = torch.randn(2, 9, config.d_model, dtype=torch.float64)
+    E = config.d_inner
+    whole = block.in_proj(xn).split([E, E, E, 2 * P * config.n_heads], -1)
+    for got, expected in zip(block._in_proj(xn), whole, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+
+
+def set_selective_recompute(model, on: bool):
+    for block in model.blocks:
+        block.selective_recompute = on
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_selective_recompute_matches_keeping_everything(tiny_config, packed):
+    """The recomputed backward is the same backward, in float64."""
+    model = make_model(tiny_config, dtype=torch.float64, ema=True)
+    ids, cu = tokens(tiny_config, 1, 90), torch.tensor([0, 30, 31, 90], dtype=torch.int32)
+    ids, cu = (ids, cu) if packed else (tokens(tiny_config, 2, 70), None)
+    results = []
+    for on in (False, True):
+        set_selective_recompute(model, on)
+        model.zero_grad(set_to_none=True)
+        out = model(ids, labels=ids, cu_seqlens=cu)
+        out.loss.backward()
+        results.append((out.loss, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (kept_loss, kept), (loss, grads) = results
+    torch.testing.assert_close(loss, kept_loss, rtol=0, atol=0)
+    for name, g in kept.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-12, atol=1e-14, msg=name)
+
+
+def saved_activation_bytes(block, x) -> int:
+    """Bytes of the storages the compiled block's forward keeps for its backward (each storage
+    once, however many views of it are saved), parameters and x excluded."""
+    own = {p.data_ptr() for p in block.parameters()} | {x.data_ptr()}
+    saved = {}
+
+    def pack(t):
+        if t.data_ptr() not in own:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: block(x).hidden, fullgraph=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        compiled(x).sum().backward()
+    return sum(saved.values())
+
+
+def test_selective_recompute_keeps_only_matmul_and_op_outputs():
+    """Compiled (fp32, B 1, T 512, d 64, E 128): recomputation keeps the in_proj output (3E + 2H),
+    x_c, the per-head projections (7H), Q_proj's and readout's outputs (E each) and the scan's
+    small outputs, 6.2E floats per token (measured); keeping everything, 11.0E."""
+    config = CDSSMConfig(64, 2, 512, 97)
+    torch.manual_seed(0)
+    block = CDSSMForCausalLM(config).blocks[0]
+    x = torch.randn(1, 512, 64, requires_grad=True)
+    E, T = config.d_inner, 512
+    block.selective_recompute = False
+    kept = saved_activation_bytes(block, x) / (4 * T * E)
+    block.selective_recompute = True
+    recomputed = saved_activation_bytes(block, x) / (4 * T * E)
+    assert recomputed < 7.0, recomputed
+    assert kept > 9.5, kept
+
+
 # (name, forward arguments): the training, packed, prefill and decode calls
 def graph_cases(config, model):
     packed = torch.tensor([0, 30, 31, 90], dtype=torch.int32)

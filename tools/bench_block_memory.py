@@ -1,8 +1,9 @@
 """GPU memory breakdown of one block's compiled fwd+bwd step (bench_gpu.py's block rows), and of
 the scan op inside it, bf16, --tokens tokens per step, d_model 768.
 
-For the CD-SSM and Transformer blocks at each L in --lengths (B = tokens / L), after a warm-up
-step, in MiB above the weights, their gradients and the input:
+For the CD-SSM block (with its selective recomputation, and "(keep)": keeping every activation)
+and the Transformer block at each L in --lengths (B = tokens / L), after a warm-up step, in MiB
+above the weights, their gradients and the input:
   saved     held after the forward (the output and what autograd keeps for the backward),
   fwd peak  the most held during the forward,
   bwd peak  the most held during the backward (the saved tensors are freed as it goes);
@@ -33,8 +34,8 @@ def _mib_since(base):
     return (torch.cuda.max_memory_allocated() - base) / MiB, (torch.cuda.memory_allocated() - base) / MiB
 
 
-def block_memory(arch, L, B):
-    forward, grad = block_forward_bf16(arch, L, B)
+def block_memory(arch, L, B, recompute=True):
+    forward, grad = block_forward_bf16(arch, L, B, recompute)
     forward().backward(grad)  # compile, and allocate the weights' gradients
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -44,8 +45,8 @@ def block_memory(arch, L, B):
     torch.cuda.reset_peak_memory_stats()
     y.backward(grad)
     bwd_peak, _ = _mib_since(base)
-    return {"arch": arch, "L": L, "B": B, "saved_mib": saved, "fwd_peak_mib": fwd_peak,
-            "bwd_peak_mib": bwd_peak}
+    return {"arch": arch if recompute else f"{arch} (keep)", "L": L, "B": B, "saved_mib": saved,
+            "fwd_peak_mib": fwd_peak, "bwd_peak_mib": bwd_peak}
 
 
 def scan_memory(L, B, P):
@@ -83,8 +84,8 @@ def main(argv=None):
 
     blocks, scans = [], []
     for L in a.lengths:
-        for arch in ("cdssm", "transformer"):
-            blocks.append(block_memory(arch, L, a.tokens // L))
+        for arch, recompute in (("cdssm", True), ("cdssm", False), ("transformer", True)):
+            blocks.append(block_memory(arch, L, a.tokens // L, recompute))
             print(json.dumps(blocks[-1]), flush=True)
             torch._dynamo.reset()
         for P in a.pairs:
@@ -92,9 +93,9 @@ def main(argv=None):
             print(json.dumps(scans[-1]), flush=True)
 
     print(f"\nblock fwd+bwd memory, MiB ({torch.cuda.get_device_name()}, bf16, {a.tokens} tokens)")
-    print(f"{'arch':>12} {'L':>6} {'saved':>7} {'fwd peak':>9} {'bwd peak':>9}")
+    print(f"{'arch':>14} {'L':>6} {'saved':>7} {'fwd peak':>9} {'bwd peak':>9}")
     for r in blocks:
-        print(f"{r['arch']:>12} {r['L']:>6} {r['saved_mib']:>7.0f} {r['fwd_peak_mib']:>9.0f} "
+        print(f"{r['arch']:>14} {r['L']:>6} {r['saved_mib']:>7.0f} {r['fwd_peak_mib']:>9.0f} "
               f"{r['bwd_peak_mib']:>9.0f}")
     print(f"\nchunk_delta_scan alone (H 24, D 64), MiB")
     print(f"{'L':>6} {'P':>3} {'fwd peak':>9} {'kept':>7} {'bwd peak':>9}")

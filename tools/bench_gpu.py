@@ -29,21 +29,23 @@ from cdssm.files import write_json
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
 
 
-def block_forward(arch, L):
-    """x (B, L, d) ↦ the compiled (fullgraph) block's output, for arch "cdssm" or "transformer"."""
+def block_forward(arch, L, recompute=True):
+    """x (B, L, d) ↦ the compiled (fullgraph) block's output, for arch "cdssm" or "transformer";
+    recompute: the CD-SSM block's selective recomputation (False keeps every activation)."""
     torch.manual_seed(0)
     if arch == "cdssm":
         block = CDSSMBlock(CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB), 0).cuda()
+        block.selective_recompute = recompute
         return torch.compile(lambda x: block(x).hidden, fullgraph=True)
     block = TransformerBlock(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)).cuda()
     plan = plan_attention(L, torch.device("cuda"), 64, 10000.0, torch.bfloat16)
     return torch.compile(lambda x: block(x, plan)[0], fullgraph=True)
 
 
-def block_forward_bf16(arch, L, B):
+def block_forward_bf16(arch, L, B, recompute=True):
     """(forward, grad): forward() runs the compiled block on a fixed x (B, L, d) bf16 under bf16
     autocast; grad is a cotangent for its output."""
-    fwd = block_forward(arch, L)
+    fwd = block_forward(arch, L, recompute)
     x = torch.randn(B, L, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 
     def forward():
@@ -53,9 +55,9 @@ def block_forward_bf16(arch, L, B):
     return forward, torch.randn_like(x)
 
 
-def block_step(arch, L, B):
+def block_step(arch, L, B, recompute=True):
     """A compiled fwd+bwd step of one block on x (B, L, d) bf16."""
-    forward, grad = block_forward_bf16(arch, L, B)
+    forward, grad = block_forward_bf16(arch, L, B, recompute)
     return lambda: forward().backward(grad)
 
 
@@ -99,6 +101,9 @@ def main(argv=None):
     p.add_argument("--no-block", action="store_true",
                    help="skip the block rows (e.g. the LM rows alone at long L, which take about "
                         "a minute of compile each)")
+    p.add_argument("--keep-activations", action="store_true",
+                   help="CD-SSM blocks keep every activation for the backward (no selective "
+                        "recomputation)")
     p.add_argument("--json", default="runs/bench_gpu.json")
     a = p.parse_args(argv)
     if a.no_lm and a.no_block:
@@ -111,12 +116,13 @@ def main(argv=None):
 
     peak = matmul_peak_tflops()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "matmul_peak_tflops": peak, "tokens_per_step": a.tokens, "block": [], "lm": []}
+              "matmul_peak_tflops": peak, "tokens_per_step": a.tokens,
+              "cdssm_recompute": not a.keep_activations, "block": [], "lm": []}
     for L in a.lengths:
         B = a.tokens // L
         for arch in () if a.no_block else ("cdssm", "transformer"):
             def measure():
-                step = block_step(arch, L, B)
+                step = block_step(arch, L, B, not a.keep_activations)
                 ms = cuda_time_ms(step, a.warmup, a.repeats)
                 return {"arch": arch, "L": L, "B": B, "ms": ms, "ktok_per_s": a.tokens / ms,
                         "peak_mib": peak_mib(step)}

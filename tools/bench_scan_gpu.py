@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from cuda_timing import cuda_time_ms
+from cuda_timing import cuda_time_ms, kernel_times
 
 from cdssm.ops import chunk_delta_scan
 from cdssm.files import write_json
@@ -51,22 +51,6 @@ def bench_one(B, T, H, D, P, dtype, warmup, repeats):
     return cuda_time_ms(fwd, warmup, repeats), cuda_time_ms(step, warmup, repeats), step
 
 
-def profile(step):
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-
-    step()
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        if e.device_type.name == "CUDA" and e.self_device_time_total > 0:
-            rows.append((e.key, e.self_device_time_total / 1e3, e.count))
-    rows.sort(key=lambda r: -r[1])
-    return rows
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=32768)
@@ -92,7 +76,7 @@ def main():
             results.append(dict(B=B, T=T, H=args.heads, D=args.head_dim, P=P, dtype="bfloat16",
                                 fwd_ms=fwd_ms, fwd_bwd_ms=step_ms))
             if args.profile and T == max(args.lengths) and P == min(args.pairs):
-                kernels = profile(step)
+                kernels = kernel_times(step)
                 print("  per-kernel device time of one fwd+bwd (ms):")
                 for name, ms, count in kernels[:12]:
                     print(f"    {ms:8.3f}  x{count:<3} {name[:90]}")

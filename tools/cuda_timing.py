@@ -34,6 +34,21 @@ def peak_mib(fn):
     return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
+def kernel_times(step) -> list:
+    """[(kernel name, device ms, launches)] of one step() after an untimed one (torch.profiler),
+    the largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+            if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def matmul_peak_tflops() -> float:
     """Measured bf16 rate of an 8192³ matrix product on random data, TFLOP/s."""
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)

@@ -21,6 +21,7 @@ from ..ops.dynamics import adaptive_timestep, dynamics_dtype, fixed_timestep, sc
 from .layers import RMSNorm
 from .lm_loss import chunked_causal_lm_loss
 from .outputs import CausalLMOutput, check_logit_positions
+from .recompute import selective_recompute
 from .pretrained import PretrainedMixin
 
 
@@ -150,6 +151,8 @@ class CDSSMBlock(nn.Module):
         self.out_proj = nn.Linear(E, d, bias=False)
         # EMA of the state energy per head: fp32, saved, only read by the forward.
         self.register_buffer("ema", torch.zeros(H, dtype=torch.float32))
+        # Recompute the elementwise work in the backward (see forward); False keeps it all.
+        self.selective_recompute = True
         self.reset_parameters()
 
     @torch.no_grad()
@@ -182,6 +185,31 @@ class CDSSMBlock(nn.Module):
         nn.init.normal_(self.out_proj.weight, std=s_io)
         nn.init.ones_(self.norm.weight)
 
+    def _in_proj(self, xn: torch.Tensor) -> tuple:
+        """in_proj(xn) split into gate, xg, k_raw (E each) and v_raw (2PH).
+
+        A plain Linear runs as two matmuls, over its rows [0, 3E) and [3E, 3E + 2PH): a 3E-wide
+        output needs no row padding, so cuBLAS adds the bias in its epilogue, while Inductor pads
+        the rows of a (3E + 2PH)-wide one and the bias is then first broadcast-copied into all of
+        it. Another module (torchao's float8 linear) runs its own forward."""
+        E = self.config.d_inner  # = H·D
+        if type(self.in_proj) is not nn.Linear:
+            return self.in_proj(xn).split([E, E, E, self.in_proj.out_features - 3 * E], -1)
+        W, b = self.in_proj.weight, self.in_proj.bias
+        gate, xg, k_raw = F.linear(xn, W[:3 * E], b[:3 * E]).split(E, -1)
+        return gate, xg, k_raw, F.linear(xn, W[3 * E:], b[3 * E:])
+
+    def _head_projections(self) -> list:
+        """The E → per-head projections of x_c, in the order of the fused matmul: dynamics_proj
+        (2PH), selection_dt (H), recurrence_gate (H, when enabled), beta_proj, read_gate,
+        utility_gate (H each)."""
+        gates = [self.recurrence_gate] if self.recurrence_gate is not None else []
+        return [self.dynamics_proj, self.selection_dt, *gates, self.beta_proj, self.read_gate,
+                self.utility_gate]
+
+    def _head_widths(self) -> list:
+        return [m.out_features for m in self._head_projections()]
+
     @torch.no_grad()
     def update_ema(self, state_energy: torch.Tensor) -> None:
         """ema ← d·ema + (1 − d)·e, e = state_energy (H,), d = ``ema_decay`` (computed in fp64)."""
@@ -195,40 +223,52 @@ class CDSSMBlock(nn.Module):
         """x (B, T, d); conv_state (N, E, W − 1) and ssm_state (N, H, 2P, D), both or neither.
 
         T == 1 runs the literal recurrence (the decode step), longer inputs the chunked scan.
+        With gradients on and ``selective_recompute`` set (the default), the backward keeps only
+        the outputs of the matmuls and the custom ops and recomputes the rest (``recompute``).
         """
+        if self.selective_recompute and torch.is_grad_enabled():
+            return selective_recompute(self._forward, x, cu_seqlens, conv_state, ssm_state)
+        return self._forward(x, cu_seqlens, conv_state, ssm_state)
+
+    def _forward(self, x, cu_seqlens, conv_state, ssm_state) -> BlockOutput:
         c = self.config
         B, T, _ = x.shape
         E, H, P, D = c.d_inner, c.n_heads, c.state_pairs, c.head_dim
         with_state = ssm_state is not None
 
         # 1–2. pre-norm, input projection: gate, xg (B, T, E), k_raw (B, T, H·D), v_raw (B, T, 2PH)
-        gate, xg, k_raw, v_raw = self.in_proj(self.norm(x)).split([E, E, H * D, 2 * P * H], -1)
+        gate, xg, k_raw, v_raw = self._in_proj(self.norm(x))
         # 3. causal conv + SiLU, per document
         x_c, new_conv_state = self.conv(xg, cu_seqlens, conv_state)  # (B, T, E)
         sdt = dynamics_dtype(x_c)
 
+        # 4–6. every per-head projection of x_c in one matmul (E → 2PH + 4H, + H with the
+        #      recurrence gate): one read of x_c instead of six; biases added in fp32
+        head_lin = F.linear(x_c, torch.cat([m.weight for m in self._head_projections()]))
+        dyn, sel, *gate_lin = head_lin.to(sdt).split(self._head_widths(), -1)
+        gate_lin = [g + m.bias.to(sdt) for g, m in zip(gate_lin, self._head_projections()[2:])]
+        if c.recurrence_gate:
+            r, gating = torch.sigmoid(gate_lin.pop(0)), c.gating_constant
+        else:  # c·r ≡ 1
+            r, gating = torch.ones((), dtype=sdt, device=x.device), 1.0
+        beta_lin, read_lin, utility_lin = gate_lin
         # 4. α, ω (B, T, H, P); the bias (the spectrum) is added in fp32 even under autocast
-        dyn = F.linear(x_c, self.dynamics_proj.weight).to(sdt) + self.dynamics_proj.bias.to(sdt)
+        dyn = dyn + self.dynamics_proj.bias.to(sdt)
         alpha, omega = dyn.view(B, T, 2, H, P).unbind(2)
         alpha = F.softplus(alpha)
         # 5. adaptive step (B, T, H, P) (adaptive_dt=False: κ_h + softplus(selection), (B, T, H, 1))
         if c.adaptive_dt:
             dt = adaptive_timestep(
-                alpha, omega, self.log_dt_scale.unsqueeze(-1),
-                self.selection_dt(x_c).unsqueeze(-1), dt_eps=c.dt_eps, dt_margin=c.dt_margin,
+                alpha, omega, self.log_dt_scale.unsqueeze(-1), sel.unsqueeze(-1),
+                dt_eps=c.dt_eps, dt_margin=c.dt_margin,
                 rotation_threshold=c.rotation_threshold, rotation_width=c.rotation_width)
         else:
-            dt = fixed_timestep(self.log_dt_scale.unsqueeze(-1),
-                                self.selection_dt(x_c).unsqueeze(-1))
-        # 6. per-head gates (B, T, H); recurrence_gate=False: c·r ≡ 1
-        if c.recurrence_gate:
-            r, gating = torch.sigmoid(self.recurrence_gate(x_c).to(sdt)), c.gating_constant
-        else:
-            r, gating = torch.ones((), dtype=sdt, device=x.device), 1.0
-        beta = torch.sigmoid(self.beta_proj(x_c).to(sdt))
-        read = torch.sigmoid(self.read_gate(x_c).to(sdt))
-        energy_feedback = F.linear(self.ema.to(sdt), self.W_sg.to(sdt))  # (H,) W_sg·ema
-        utility = torch.sigmoid(self.utility_gate(x_c).to(sdt) + energy_feedback)
+            dt = fixed_timestep(self.log_dt_scale.unsqueeze(-1), sel.unsqueeze(-1))
+        # 6. per-head gates (B, T, H)
+        beta = torch.sigmoid(beta_lin)
+        read = torch.sigmoid(read_lin)
+        energy_feedback = torch.mv(self.W_sg.to(sdt), self.ema.to(sdt))  # (H,) W_sg·ema
+        utility = torch.sigmoid(utility_lin + energy_feedback)
         # 7. scan inputs (B, T, H, P)
         decay = scan_inputs(alpha, omega, dt, r.unsqueeze(-1), gating)
         # 8. unit keys and queries (B, T, H, D)
@@ -259,10 +299,13 @@ class CDSSMBlock(nn.Module):
         # 10. read gate and readout (B, T, 2PH) → (B, T, E); flattened as (head, pair, re/im)
         ret = (read.view(B, T, H, 1, 1) * y).to(x_c.dtype).flatten(2)
         ret = self.readout_proj(ret)
-        # 11. per-token GroupNorm: statistics of one position only (causal)
-        gn = F.group_norm(ret.reshape(B * T, E).to(sdt), c.norm_groups,
-                          self.group_norm.weight.to(sdt), self.group_norm.bias.to(sdt),
-                          c.group_norm_eps).view(B, T, E).to(x_c.dtype)
+        # 11. per-token GroupNorm: statistics of one position only (causal), each of the G
+        #     groups of E/G channels normalised on its own (written out: Inductor then fuses it
+        #     like a LayerNorm over E/G, forward and backward, which F.group_norm does not get)
+        groups = ret.to(sdt).view(B, T, c.norm_groups, E // c.norm_groups)
+        var, mean = torch.var_mean(groups, -1, correction=0, keepdim=True)
+        gn = ((groups - mean) * torch.rsqrt(var + c.group_norm_eps)).view(B, T, E)
+        gn = (gn * self.group_norm.weight.to(sdt) + self.group_norm.bias.to(sdt)).to(x_c.dtype)
         # 12. output gate, skip, projection
         delta = self.out_proj(gn * F.silu(gate) + self.d_skip * x_c)  # (B, T, d)
         if with_state:

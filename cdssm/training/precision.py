@@ -58,8 +58,11 @@ def convert_to_float8(model: nn.Module) -> None:
 
 def checkpoint_blocks(model: nn.Module) -> None:
     """Wraps every block of ``model.blocks`` so its activations are recomputed in the backward
-    (non-reentrant ``torch.utils.checkpoint``); state-dict names are unchanged."""
+    (non-reentrant ``torch.utils.checkpoint``); state-dict names are unchanged. A CD-SSM block's
+    own selective recomputation is turned off: the whole block is recomputed instead."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     for i, block in enumerate(model.blocks):
+        if hasattr(block, "selective_recompute"):
+            block.selective_recompute = False
         model.blocks[i] = checkpoint_wrapper(block)

@@ -178,11 +178,18 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
   check_boundary_states(boundary_states, q, v, log_decay, cu_seqlens, C);
   const c10::cuda::CUDAGuard guard(q.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  at::Tensor dbeta = at::empty_like(beta), dld = at::empty_like(log_decay),
-             dph = at::empty_like(phase);
+  // The gradients are allocated after the state pass, when its map workspace (D × D per chunk)
+  // has gone back to the caching allocator: the two are never held at once.
+  at::Tensor dq, dk, dv, dbeta, dld, dph;
+  const auto allocate_grads = [&] {
+    dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+    dbeta = at::empty_like(beta), dld = at::empty_like(log_decay), dph = at::empty_like(phase);
+  };
   at::Tensor dinit = at::empty({N, H, 2 * P, D}, log_decay.options());
-  if (N == 0 || H == 0) return {dq, dk, dv, dbeta, dld, dph, dinit};
+  if (N == 0 || H == 0) {
+    allocate_grads();
+    return {dq, dk, dv, dbeta, dld, dph, dinit};
+  }
   const SequenceTable st = make_sequence_table(B, T, cu_seqlens, C, q, stream);
   const int64_t rows = st.rows;
 
@@ -208,6 +215,8 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
            static_cast<acc_t*>(nullptr), ds_end_p, dinit.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr));
+    work.reset();  // stream-ordered: the chain kernel is done before anything reuses it
+    allocate_grads();
     const cuda::Grads<dev_t, acc_t> gr{go,
                                        reinterpret_cast<dev_t*>(dq.data_ptr()),
                                        reinterpret_cast<dev_t*>(dk.data_ptr()),
