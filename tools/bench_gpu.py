@@ -83,6 +83,21 @@ def lm_step(arch, L, B):
     return step, flops_per_token
 
 
+def add_block_shape_args(p):
+    """--length and --tokens, the one-length block tools' shape (profile, memory at peak)."""
+    p.add_argument("--length", type=int, default=2048, help="sequence length L")
+    p.add_argument("--tokens", type=int, default=32768, help="tokens per step (B = tokens / L)")
+
+
+def block_shape(p, a) -> tuple:
+    """(L, B) of add_block_shape_args' arguments, checked; errors without a CUDA GPU."""
+    if a.length < 1 or a.tokens % a.length:
+        p.error(f"--length: must divide --tokens {a.tokens}, got {a.length}")
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU")
+    return a.length, a.tokens // a.length
+
+
 def guarded(fn):
     try:
         return fn()

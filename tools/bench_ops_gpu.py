@@ -19,7 +19,7 @@ import argparse
 
 import torch
 
-from cuda_timing import cuda_time_ms
+from cuda_timing import cuda_time_ms, kernel_times
 
 import cdssm.ops  # noqa: F401  (loads the op library)
 from cdssm.files import write_json
@@ -49,8 +49,6 @@ def bench_conv(T, E, warmup, repeats, inner):
 
 def profile_conv(T, E):
     """(kernel name, device ms, count) of one causal_conv1d_silu fwd + bwd, slowest first."""
-    from torch.profiler import ProfilerActivity, profile
-
     x = torch.randn(1, T, E, device="cuda", dtype=torch.bfloat16)
     w, b = torch.randn(E, 4, device="cuda").to(x.dtype), torch.randn(E, device="cuda").to(x.dtype)
     s0 = torch.randn(1, E, 3, device="cuda", dtype=x.dtype)
@@ -59,14 +57,7 @@ def profile_conv(T, E):
         OPS.causal_conv1d_silu_fwd(x, w, b, None, s0)
         OPS.causal_conv1d_silu_bwd(x, s0, x, w, b, None, s0)
 
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    rows = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
-            if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
-    return sorted(rows, key=lambda r: -r[1])
+    return kernel_times(step)
 
 
 def bench_decode(B, P, H, D, steps, warmup, repeats):

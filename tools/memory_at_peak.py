@@ -16,7 +16,7 @@ import re
 
 import torch
 
-from bench_gpu import block_forward_bf16
+from bench_gpu import add_block_shape_args, block_forward_bf16, block_shape
 
 from cdssm.files import write_json
 
@@ -80,24 +80,20 @@ def main(argv=None):
     p.add_argument("--arch", choices=("cdssm", "transformer"), default="cdssm")
     p.add_argument("--keep-activations", action="store_true",
                    help="CD-SSM: keep every activation (no selective recomputation)")
-    p.add_argument("--length", type=int, default=2048, help="sequence length L")
-    p.add_argument("--tokens", type=int, default=32768, help="tokens per step (B = tokens / L)")
+    add_block_shape_args(p)
     p.add_argument("--top", type=int, default=30, help="rows printed")
     p.add_argument("--json", default="runs/memory_at_peak.json")
     a = p.parse_args(argv)
-    if a.length < 1 or a.tokens % a.length:
-        p.error(f"--length: must divide --tokens {a.tokens}, got {a.length}")
-    if not torch.cuda.is_available():
-        p.error("needs a CUDA GPU")
-    forward, grad = block_forward_bf16(a.arch, a.length, a.tokens // a.length,
+    L, B = block_shape(p, a)
+    forward, grad = block_forward_bf16(a.arch, L, B,
                                        not a.keep_activations)
     r = live_at_peak(lambda: forward().backward(grad))
-    print(f"{a.arch} block, L {a.length}: peak {r['peak_mib']:.0f} MiB allocated during the step; "
+    print(f"{a.arch} block, L {L}: peak {r['peak_mib']:.0f} MiB allocated during the step; "
           f"live then:")
     for row in r["live"][:a.top]:
         print(f"  {row['mib']:8.1f} MiB x{row['blocks']:<3} {row['where']}")
     write_json(a.json, {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                        "arch": a.arch, "L": a.length, "tokens": a.tokens,
+                        "arch": a.arch, "L": L, "tokens": a.tokens,
                         "recompute": not a.keep_activations, **r})
     print(f"wrote {a.json}")
 

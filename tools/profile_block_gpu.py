@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from bench_gpu import block_step
+from bench_gpu import add_block_shape_args, block_shape, block_step
 from cuda_timing import kernel_times
 
 from cdssm.files import write_json
@@ -44,22 +44,18 @@ def profile_arch(arch: str, L: int, B: int) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--length", type=int, default=2048, help="sequence length L")
-    p.add_argument("--tokens", type=int, default=32768, help="tokens per step (B = tokens / L)")
+    add_block_shape_args(p)
     p.add_argument("--arch", nargs="+", choices=("cdssm", "transformer"),
                    default=["cdssm", "transformer"])
     p.add_argument("--top", type=int, default=25, help="kernels listed per arch")
     p.add_argument("--json", default="runs/profile_block_gpu.json")
     a = p.parse_args(argv)
-    if a.length < 1 or a.tokens % a.length:
-        p.error(f"--length: must divide --tokens {a.tokens}, got {a.length}")
-    if not torch.cuda.is_available():
-        p.error("needs a CUDA GPU")
+    L, B = block_shape(p, a)
     rows = []
     for arch in a.arch:
-        r = profile_arch(arch, a.length, a.tokens // a.length)
+        r = profile_arch(arch, L, B)
         rows.append(r)
-        print(f"\n{arch} block fwd+bwd, L {a.length}, B {r['B']}: {r['total_ms']:.3f} ms of kernels")
+        print(f"\n{arch} block fwd+bwd, L {L}, B {r['B']}: {r['total_ms']:.3f} ms of kernels")
         for g, ms in r["groups_ms"].items():
             print(f"  {g:18s} {ms:8.3f} ms {100 * ms / r['total_ms']:5.1f} %")
         for k in r["kernels"][:a.top]:
