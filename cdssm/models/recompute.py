@@ -7,7 +7,6 @@ activation memory (docs/benchmarks.md, "Where the block's memory goes").
 """
 
 import functools
-import logging
 
 import torch
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
@@ -27,18 +26,6 @@ def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 
 _CONTEXT = functools.partial(create_selective_checkpoint_contexts, _policy)
-
-
-class _NoInPlaceAdvice(logging.Filter):
-    """Drops torch.compile's one-time advice that a checkpointed region given a context_fn must
-    not mutate tensors in place: the CD-SSM block does not (its recomputed backward equals the
-    kept one, tests/test_model.py), so the advice would only puzzle users of `cdssm train`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "context_fn is passed to torch.utils.checkpoint" not in record.getMessage()
-
-
-logging.getLogger("torch._higher_order_ops.wrap").addFilter(_NoInPlaceAdvice())
 
 
 def selective_recompute(fn, *args):
