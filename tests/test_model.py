@@ -324,16 +324,83 @@ def test_compiled_forward_backward_matches_eager(tiny_config):
     torch.testing.assert_close(out.loss, eager_out.loss, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("P", [1, 2])
-def test_in_proj_split_is_the_one_matmul(P):
-    """The block's two in_proj matmuls give the one matmul's gate, xg, k_raw, v_raw (float64)."""
+class SubclassedLinear(torch.nn.Linear):
+    """Stands for torchao's Float8Linear, an nn.Linear subclass with its own forward."""
+
+
+@pytest.mark.parametrize("P, subclassed", [(1, False), (2, False), (2, True)])
+def test_in_proj_split_is_the_one_matmul(P, subclassed):
+    """The block's two in_proj matmuls (or, for an nn.Linear subclass, its own forward) give the
+    one matmul's gate, xg, k_raw, v_raw (float64)."""
     config = pairs(P)
     block = make_model(config, dtype=torch.float64).blocks[0]
+    if subclassed:
+        plain = block.in_proj
+        block.in_proj = SubclassedLinear(plain.in_features, plain.out_features,
+                                         dtype=torch.float64)
+        block.in_proj.load_state_dict(plain.state_dict())
     xn = torch.randn(2, 9, config.d_model, dtype=torch.float64)
     E = config.d_inner
     whole = block.in_proj(xn).split([E, E, E, 2 * P * config.n_heads], -1)
     for got, expected in zip(block._in_proj(xn), whole, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+
+
+def spec_block_forward(block, x):
+    """Steps 1–12 of spec/model.md written literally, each projection its own module call and
+    F.group_norm: the reference for the block's fused forward (no state, no cu_seqlens)."""
+    from cdssm.ops import causal_conv1d_silu, chunk_delta_scan
+    from cdssm.ops.dynamics import adaptive_timestep, fixed_timestep, scan_inputs
+
+    c, (B, T, _) = block.config, x.shape
+    E, H, P, D = c.d_inner, c.n_heads, c.state_pairs, c.head_dim
+    gate, xg, k_raw, v_raw = block.in_proj(block.norm(x)).split([E, E, H * D, 2 * P * H], -1)
+    x_c = causal_conv1d_silu(xg, block.conv.weight, block.conv.bias)[0]
+    alpha, omega = block.dynamics_proj(x_c).view(B, T, 2, H, P).unbind(2)
+    alpha, selection = F.softplus(alpha), block.selection_dt(x_c).unsqueeze(-1)
+    kappa = block.log_dt_scale.unsqueeze(-1)
+    if c.adaptive_dt:
+        dt = adaptive_timestep(alpha, omega, kappa, selection, dt_eps=c.dt_eps,
+                               dt_margin=c.dt_margin, rotation_threshold=c.rotation_threshold,
+                               rotation_width=c.rotation_width)
+    else:
+        dt = fixed_timestep(kappa, selection)
+    r = (torch.sigmoid(block.recurrence_gate(x_c)) if c.recurrence_gate
+         else torch.ones((), dtype=x.dtype))
+    beta, read = torch.sigmoid(block.beta_proj(x_c)), torch.sigmoid(block.read_gate(x_c))
+    utility = torch.sigmoid(block.utility_gate(x_c) + block.W_sg @ block.ema.to(x.dtype))
+    decay = scan_inputs(alpha, omega, dt, r.unsqueeze(-1),
+                        c.gating_constant if c.recurrence_gate else 1.0)
+    k = k_raw.view(B, T, H, D) * torch.rsqrt(k_raw.view(B, T, H, D).square().sum(-1, True)
+                                             + c.l2_norm_eps)
+    q_raw = block.Q_proj(x_c).view(B, T, H, D)
+    q = q_raw * torch.rsqrt(q_raw.square().sum(-1, True) + c.l2_norm_eps)
+    value_scale, beta_eff = decay.value_scale, beta * utility
+    if c.utility == "value":
+        value_scale, beta_eff = value_scale * utility.unsqueeze(-1), beta
+    v = v_raw.view(B, T, H, P, 2) * value_scale.unsqueeze(-1)
+    y = chunk_delta_scan(q, k, v, beta_eff, decay.log_decay, decay.phase,
+                         chunk_size=c.chunk_size)[0]
+    ret = block.readout_proj((read.view(B, T, H, 1, 1) * y).flatten(2))
+    gn = F.group_norm(ret.reshape(B * T, E), c.norm_groups, block.group_norm.weight,
+                      block.group_norm.bias, c.group_norm_eps).view(B, T, E)
+    return x + block.out_proj(gn * F.silu(gate) + block.d_skip * x_c)
+
+
+@pytest.mark.parametrize("options", [
+    dict(), dict(state_pairs=2), dict(recurrence_gate=False), dict(adaptive_dt=False),
+    dict(utility="value"),
+])
+def test_block_forward_is_the_spec_written_literally(options):
+    config = CDSSMConfig(**TINY_CDSSM, **options)
+    block = make_model(config, dtype=torch.float64, ema=True).blocks[1]
+    with torch.no_grad():  # every bias and gain away from its initial value
+        for name, p in block.named_parameters():
+            if name.endswith("bias") or "norm" in name or name == "d_skip":
+                p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 70, config.d_model, dtype=torch.float64)
+    torch.testing.assert_close(block(x).hidden, spec_block_forward(block, x),
+                               rtol=1e-12, atol=1e-12)
 
 
 def set_selective_recompute(model, on: bool):
@@ -363,12 +430,13 @@ def test_selective_recompute_matches_keeping_everything(tiny_config, packed):
 def saved_activation_bytes(block, x) -> int:
     """Bytes of the storages the compiled block's forward keeps for its backward (each storage
     once, however many views of it are saved), parameters and x excluded."""
-    own = {p.data_ptr() for p in block.parameters()} | {x.data_ptr()}
+    own = {t.untyped_storage().data_ptr() for t in (*block.parameters(), x)}
     saved = {}
 
     def pack(t):
-        if t.data_ptr() not in own:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            saved[storage.data_ptr()] = storage.nbytes()
         return t
 
     torch._dynamo.reset()

@@ -134,3 +134,16 @@ def test_float8_eligible_layers(in_features, out_features, expected):
     assert float8_eligible(layer, torch.empty(0)) is expected
     assert float8_eligible(layer, layer.weight) is False  # the tied head never
     assert float8_eligible(nn.Conv1d(1024, 1024, 1, device="meta"), torch.empty(0)) is False
+
+
+def test_checkpoint_blocks_replaces_selective_recompute():
+    from cdssm.config import CDSSMConfig
+    from cdssm.models import CDSSMForCausalLM
+    from cdssm.training.precision import checkpoint_blocks
+
+    model = CDSSMForCausalLM(CDSSMConfig(64, 2, 128, 97))
+    keys = model.state_dict().keys()
+    assert all(block.selective_recompute for block in model.blocks)
+    checkpoint_blocks(model)
+    assert not any(block._checkpoint_wrapped_module.selective_recompute for block in model.blocks)
+    assert model.state_dict().keys() == keys

@@ -31,4 +31,5 @@ _CONTEXT = functools.partial(create_selective_checkpoint_contexts, _policy)
 def selective_recompute(fn, *args):
     """fn(*args), keeping for the backward only the outputs of matmuls and cdssm ops (non-reentrant
     ``torch.utils.checkpoint`` with a selective policy; compiles with ``fullgraph=True``)."""
-    return checkpoint(fn, *args, use_reentrant=False, context_fn=_CONTEXT)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=_CONTEXT,
+                      preserve_rng_state=False)  # the block draws no random numbers

@@ -215,7 +215,9 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
            static_cast<acc_t*>(nullptr), ds_end_p, dinit.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr));
-    work.reset();  // stream-ordered: the chain kernel is done before anything reuses it
+    // Back to the caching allocator: a later allocation on this stream may reuse it, and is
+    // ordered after the chain kernel. `ws` points into it from here on: unused below.
+    work.reset();
     allocate_grads();
     const cuda::Grads<dev_t, acc_t> gr{go,
                                        reinterpret_cast<dev_t*>(dq.data_ptr()),
