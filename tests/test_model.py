@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from cdssm.config import CDSSMConfig
 from cdssm.models import CDSSMForCausalLM, CDSSMState, count_parameters
-from cdssm.models.cdssm import spectral_dynamics_bias, spectral_timescales
+from cdssm.models.cdssm import l2_normalize, spectral_dynamics_bias, spectral_timescales
 
 from conftest import TINY_CDSSM
 
@@ -371,10 +371,8 @@ def spec_block_forward(block, x):
     utility = torch.sigmoid(block.utility_gate(x_c) + block.W_sg @ block.ema.to(x.dtype))
     decay = scan_inputs(alpha, omega, dt, r.unsqueeze(-1),
                         c.gating_constant if c.recurrence_gate else 1.0)
-    k = k_raw.view(B, T, H, D) * torch.rsqrt(k_raw.view(B, T, H, D).square().sum(-1, True)
-                                             + c.l2_norm_eps)
-    q_raw = block.Q_proj(x_c).view(B, T, H, D)
-    q = q_raw * torch.rsqrt(q_raw.square().sum(-1, True) + c.l2_norm_eps)
+    k = l2_normalize(k_raw.view(B, T, H, D), c.l2_norm_eps)
+    q = l2_normalize(block.Q_proj(x_c).view(B, T, H, D), c.l2_norm_eps)
     value_scale, beta_eff = decay.value_scale, beta * utility
     if c.utility == "value":
         value_scale, beta_eff = value_scale * utility.unsqueeze(-1), beta
