@@ -1,7 +1,7 @@
 """Fake kernels of the causal conv1d + SiLU ops: output shapes and dtypes from input shapes alone.
 
-x (B, T, E); weight (E, W); bias (E); conv state (N, E, W - 1), N = B, or the number of
-sequences of cu_seqlens.
+x (B, T, E), rows possibly strided; y, grad_x contiguous (B, T, E); weight (E, W); bias (E);
+conv state (N, E, W - 1), N = B, or the number of sequences of cu_seqlens.
 """
 
 import torch
@@ -21,11 +21,11 @@ def _conv_state(x, weight, cu_seqlens):
 
 def causal_conv1d_silu_fwd(x, weight, bias, cu_seqlens, initial_conv_state):
     _check_inputs(x, weight, bias)
-    return torch.empty_like(x), _conv_state(x, weight, cu_seqlens)
+    return x.new_empty(x.shape), _conv_state(x, weight, cu_seqlens)
 
 
 def causal_conv1d_silu_bwd(grad_y, grad_final_conv_state, x, weight, bias, cu_seqlens,
                            initial_conv_state):
     _check_inputs(x, weight, bias)
-    return (torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias),
+    return (x.new_empty(x.shape), torch.empty_like(weight), torch.empty_like(bias),
             _conv_state(x, weight, cu_seqlens))

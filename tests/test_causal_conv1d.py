@@ -202,6 +202,67 @@ def test_compile_fullgraph_matches_eager(cu):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
+def _wide_rows(x):
+    """x as the middle third of (B, T, 3E) rows: the model's slice of the input projection."""
+    wide = torch.randn(*x.shape[:2], 3 * x.shape[2], dtype=x.dtype)
+    wide[..., x.shape[2]:2 * x.shape[2]] = x
+    return wide[..., x.shape[2]:2 * x.shape[2]]
+
+
+# name -> x with the same values in another layout. Row strides are read in place; only a
+# channel stride other than 1 is copied (by the Python wrapper).
+LAYOUTS = {
+    "wide_rows": _wide_rows,
+    "time_major": lambda x: x.new_empty(x.shape[1], x.shape[0], x.shape[2]).transpose(0, 1).copy_(x),
+    "offset_by_one": lambda x: torch.cat((x[..., :1], x), -1)[..., 1:],
+    "channel_strided": lambda x: torch.stack((x, x), -1)[..., 0],
+}
+
+
+@pytest.mark.parametrize("cu", [None, CU_SEQLENS[0]], ids=["batched", "varlen"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_strided_x_equals_contiguous(layout, cu):
+    """Same outputs and gradients, bit for bit, whatever x's layout; gradients are contiguous."""
+    inputs = (packed_inputs(cu, with_state=True, E=6) if cu else
+              make_inputs(3, 9, 6, 4, with_state=True))
+    x, rest = inputs[0], inputs[1:]
+    strided = LAYOUTS[layout](x)
+    assert torch.equal(strided, x) and strided.stride() != x.stride()
+    y, final = run(x, *rest)
+    y_s, final_s = run(strided, *rest)
+    assert torch.equal(y_s, y) and torch.equal(final_s, final) and y_s.is_contiguous()
+    grad_y, grad_final = torch.randn_like(y), torch.randn_like(final)
+    want = grads_of(run, inputs, grad_y, grad_final)
+    got = grads_of(run, (strided, *rest), grad_y, grad_final)
+    assert got[0].is_contiguous()
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_row_strided_x_is_saved_without_a_copy():
+    """The op keeps x itself (a view of the wider rows) for its backward, not a copy of it."""
+    x, weight, bias, _, state = make_inputs(2, 7, 4, 4, with_state=True)
+    strided = _wide_rows(x).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        run(strided, weight, bias, None, state)
+    assert any(t.untyped_storage().data_ptr() == strided.untyped_storage().data_ptr()
+               and t.stride() == strided.stride() for t in saved)
+
+
+@pytest.mark.parametrize("layout", ["wide_rows", "time_major"])
+def test_opcheck_row_strided_x(layout):
+    x, weight, bias, cu_seqlens, state = make_inputs(2, 6, 3, 4, with_state=True)
+    strided = LAYOUTS[layout](x).requires_grad_()
+    torch.library.opcheck(_ops.causal_conv1d_silu_fwd,
+                          (strided, weight.requires_grad_(), bias.requires_grad_(), None,
+                           state.requires_grad_()))
+    y, final = run(strided, weight, bias, None, state)
+    torch.library.opcheck(_ops.causal_conv1d_silu_bwd,
+                          (torch.randn_like(y), torch.randn_like(final), strided.detach(),
+                           weight.detach(), bias.detach(), None, state.detach()))
+
+
 def _replace(inputs, **changes):
     names = ("x", "weight", "bias", "cu_seqlens", "initial_conv_state")
     args = dict(zip(names, inputs))
@@ -250,8 +311,8 @@ def test_bad_inputs_raise_naming_the_argument(name):
 # Direct calls of the op skip the Python checks: the kernels' TORCH_CHECKs name the argument.
 OP_BAD_INPUTS = {
     "x_rank": (lambda a: a.update(x=a["x"][0]), r"x: expected \(B, T, E\)"),
-    "x_contiguous": (lambda a: a.update(x=a["x"].transpose(1, 2).contiguous().transpose(1, 2)),
-                     r"x: expected a contiguous"),
+    "x_channel_stride": (lambda a: a.update(x=a["x"].transpose(1, 2).contiguous().transpose(1, 2)),
+                         r"x: expected unit stride over channels"),
     "weight_shape": (lambda a: a.update(weight=a["weight"][:4]), r"weight: expected \(E, W\)"),
     "weight_dtype": (lambda a: a.update(weight=a["weight"].float()), r"weight: expected x's dtype"),
     "bias_shape": (lambda a: a.update(bias=a["bias"][:4]), r"bias: expected \(E,\)"),

@@ -64,6 +64,29 @@ def test_cuda_matches_cpu(B, T, E, W, lengths, with_state, dtype):
         assert _rel(a, r) <= TOLERANCE[dtype], name
 
 
+# name -> (B, T, 3E) buffer of x's rows, and the column where x starts: the model's slice of the
+# input projection (16-byte aligned rows, vectorised), and rows one element off (scalar path).
+ROW_LAYOUTS = {"in_proj": lambda E: (3 * E, E), "offset_by_one": lambda E: (E + 1, 1)}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("layout", list(ROW_LAYOUTS))
+def test_cuda_row_strided_x_equals_contiguous(layout, dtype):
+    """x read in place from wider rows gives the contiguous x's outputs and gradients bit for bit."""
+    B, T, E, W = 2, 300, 1536, 4
+    x, w, b, s0, gy, gf = (t.cuda() for t in inputs(B, T, E, W, B, dtype))
+    width, col = ROW_LAYOUTS[layout](E)
+    wide = torch.randn(B, T, width, device="cuda").to(dtype)
+    wide[..., col:col + E] = x
+    strided = wide[..., col:col + E]
+    outs = (*OPS.causal_conv1d_silu_fwd(x, w, b, None, s0),
+            *OPS.causal_conv1d_silu_bwd(gy, gf, x, w, b, None, s0))
+    outs_s = (*OPS.causal_conv1d_silu_fwd(strided, w, b, None, s0),
+              *OPS.causal_conv1d_silu_bwd(gy, gf, strided, w, b, None, s0))
+    for name, a, r in zip("y final dx dweight dbias dinitial".split(), outs_s, outs):
+        assert torch.equal(a, r), name
+
+
 def test_cuda_weight_gradients_are_deterministic():
     x, w, b, s0, gy, gf = (t.cuda() for t in inputs(1, 8192, 1536, 4, 1, torch.bfloat16))
     first = OPS.causal_conv1d_silu_bwd(gy, gf, x, w, b, None, s0)

@@ -70,7 +70,8 @@ def causal_conv1d_silu(
     Accumulates in fp32 (fp64 for fp64 x); differentiable in x, weight, bias and the initial state.
 
     Args:
-        x: (B, T, E) channels-last activations (bf16, fp16, fp32 or fp64).
+        x: (B, T, E) channels-last activations (bf16, fp16, fp32 or fp64); its rows may be
+            strided (a slice of a wider projection is read in place).
         weight: (E, W) kernel, W >= 1 (4 in the model); cast to x's dtype.
         bias: (E,); cast to x's dtype.
         cu_seqlens: (N + 1,) int32 (or int64) offsets of packed sequences: 0, non-decreasing,
@@ -109,12 +110,15 @@ def causal_conv1d_silu(
                 tuple(initial_conv_state.shape))
         initial_conv_state = initial_conv_state.to(x.dtype).contiguous()
 
-    # A copy rather than x.contiguous(): x is usually a slice of a projection (copied anyway),
-    # and contiguous() on a (N, 1, E) slice guards on N == 1, which would stop torch.export from
-    # keeping the decode batch dynamic.
+    # The kernels read strided rows: x, usually a slice of the input projection, is read in
+    # place (and kept so for the backward) rather than copied. Only a channel stride other than 1
+    # makes a copy (a copy, not contiguous(), which on a (N, 1, E) slice would guard on N == 1
+    # and stop torch.export from keeping the decode batch dynamic).
+    if x.stride(-1) != 1:
+        x = x.clone(memory_format=torch.contiguous_format)
     y, final_conv_state = _ops.causal_conv1d_silu_fwd(
-        x.clone(memory_format=torch.contiguous_format), weight.to(x.dtype).contiguous(),
-        bias.to(x.dtype).contiguous(), cu_seqlens, initial_conv_state)
+        x, weight.to(x.dtype).contiguous(), bias.to(x.dtype).contiguous(), cu_seqlens,
+        initial_conv_state)
     return y, (final_conv_state if output_conv_state else None)
 
 

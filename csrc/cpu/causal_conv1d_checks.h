@@ -8,9 +8,12 @@
 
 namespace cdssm {
 
+// x's rows may be strided (a slice of a wider projection): element (b, t, e) of x sits at
+// b·x_sb + t·x_st + e; every other (B, T, E) tensor of the ops is contiguous.
 struct ConvShape {
-  int64_t B, T, E, W, N;
+  int64_t B, T, E, W, N, x_sb, x_st;
   int64_t state_width() const { return W - 1; }
+  int64_t x_row(int64_t b, int64_t t) const { return b * x_sb + t * x_st; }
 };
 
 inline void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* name) {
@@ -40,8 +43,10 @@ inline ConvShape check_conv_inputs(const at::Tensor& x, const at::Tensor& weight
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
                   dtype == at::kHalf,
               "x: expected dtype float32, float64, bfloat16 or float16, got ", dtype);
-  TORCH_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
-  ConvShape s{x.size(0), x.size(1), x.size(2), 0, x.size(0)};
+  TORCH_CHECK(x.stride(2) == 1 || x.size(2) <= 1,
+              "x: expected unit stride over channels (rows may be strided), got strides ",
+              x.strides());
+  ConvShape s{x.size(0), x.size(1), x.size(2), 0, x.size(0), x.stride(0), x.stride(1)};
 
   check_same_device(weight, x, "weight");
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == s.E && weight.size(1) >= 1,

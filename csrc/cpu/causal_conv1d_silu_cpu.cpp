@@ -1,6 +1,7 @@
 // CPU kernels of causal_conv1d_silu_{fwd,bwd}: depthwise causal conv1d + SiLU, per sequence.
 //
-// Shapes: x, y (B, T, E) channels-last; weight (E, W); bias (E); conv state (N, E, W - 1).
+// Shapes: x, y (B, T, E) channels-last (x's rows may be strided: ConvShape::x_row); weight (E, W);
+// bias (E); conv state (N, E, W - 1).
 // Each sequence (a batch row, or a span of cu_seqlens) is read as its extended input
 // ext = (initial state ++ x), W - 1 + L positions, so that
 //   z_t = bias + sum_i weight[:, i] * ext[t + i],   y_t = SiLU(z_t) = z_t * sigmoid(z_t),
@@ -115,7 +116,7 @@ void conv_fwd_kernel(const ConvShape& s, const std::vector<Span>& spans, const s
       const int64_t base = sp.b * s.T + sp.start;
       blk.start(initial, sp.n);
       for (int64_t t = 0; t < sp.len; ++t) {
-        blk.step(x + (base + t) * s.E, t);
+        blk.step(x + s.x_row(sp.b, sp.start + t), t);
         scalar_t* out = y + (base + t) * s.E + blk.e0;
         for (int64_t c = 0; c < blk.n_ch; ++c)
           out[c] = static_cast<scalar_t>(blk.z[c] * sigmoid(blk.z[c]));
@@ -211,7 +212,7 @@ void conv_bwd_kernel(const ConvShape& s, const std::vector<Span>& spans, const s
         blk.start(initial, sp.n);
         grad.start();
         for (int64_t t = 0; t < sp.len; ++t) {
-          blk.step(x + (base + t) * s.E, t);
+          blk.step(x + s.x_row(sp.b, sp.start + t), t);
           grad.step(grad_y + (base + t) * s.E, t);
           grad.emit(t, sp, grad_final, grad_x, grad_initial);
         }
@@ -235,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_silu_fwd_cpu(
   TORCH_CHECK(x.device().is_cpu(), "x: expected a CPU tensor, got ", x.device());
   const ConvShape s = check_conv_inputs(x, weight, bias, cu_seqlens, initial_conv_state);
   const std::vector<Span> spans = make_spans(s.B, s.T, cu_seqlens, /*chunk_size=*/0);
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = at::empty(x.sizes(), x.options());  // contiguous, whatever x's row strides
   at::Tensor final_state = x.new_empty({s.N, s.E, s.state_width()});
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "causal_conv1d_silu_fwd", [&] {
@@ -257,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_silu_bw
   check_conv_grads(grad_y, grad_final_conv_state, x, s);
   const std::vector<Span> spans = make_spans(s.B, s.T, cu_seqlens, /*chunk_size=*/0);
 
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
   at::Tensor grad_w = at::empty_like(weight);
   at::Tensor grad_b = at::empty_like(bias);
   at::Tensor grad_initial = x.new_empty({s.N, s.E, s.state_width()});

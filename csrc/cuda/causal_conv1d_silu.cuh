@@ -8,6 +8,7 @@
 //   dx_τ = Σ_{t=τ}^{τ+W−1} dz_t w_{τ−t+W−1}  (t inside the sequence) + the final state's gradient,
 //   dw_i = Σ_t dz_t x_{t−W+1+i},   dbias = Σ_t dz_t,   final state_j = ext[L + j].
 //
+// x's rows may be strided (ConvArgs::x_at); y, dy and dx are contiguous.
 // Layout of the work: a thread owns kVec consecutive channels (one 16-byte access of x) and a tile
 // of kTile consecutive tokens of one row; a warp spans 32 channel groups at the same tokens, so
 // every access of x, y, dy, dx is coalesced. The last kK inputs sit in a register window
@@ -38,7 +39,12 @@ struct ConvArgs {
   const scalar_t *x, *weight, *bias, *initial;  // initial: (N, E, W − 1) or nullptr (zeros)
   const int32_t* cu;                            // (N + 1) offsets, or nullptr: N = B rows
   int64_t B, T, E, N;
+  int64_t x_sb, x_st;  // x's row strides (a slice of a wider projection); y, dy, dx contiguous
   int W;
+
+  __device__ const scalar_t* x_at(int64_t row, int64_t t, int64_t e) const {
+    return x + row * x_sb + t * x_st + e;
+  }
 };
 
 // The sequence that the tokens of one row walk through: index n, token range [start, end).
@@ -72,7 +78,7 @@ template <typename scalar_t, typename acc_t, int kVec>
 __device__ inline void load_ext(acc_t (&out)[kVec], const ConvArgs<scalar_t>& a, const Cursor& c,
                                 int64_t row, int64_t pos, int64_t e0) {
   if (pos >= c.start) {
-    const Pack<scalar_t, kVec> p = dev::load_pack<scalar_t, kVec>(a.x + (row * a.T + pos) * a.E + e0);
+    const Pack<scalar_t, kVec> p = dev::load_pack<scalar_t, kVec>(a.x_at(row, pos, e0));
 #pragma unroll
     for (int v = 0; v < kVec; ++v) out[v] = to_acc(p.v[v]);
     return;
@@ -142,7 +148,7 @@ __global__ void __launch_bounds__(32 * kFwdRows, 2) conv_fwd_kernel(ConvArgs<sca
     Pack<scalar_t, kVec> xs[kAhead];
 #pragma unroll
     for (int u = 0; u < kAhead; ++u)
-      if (t0 + u < p1) xs[u] = dev::load_pack<scalar_t, kVec>(a.x + (row * a.T + t0 + u) * a.E + e0);
+      if (t0 + u < p1) xs[u] = dev::load_pack<scalar_t, kVec>(a.x_at(row, t0 + u, e0));
 #pragma unroll
     for (int u = 0; u < kAhead; ++u) {
       const int64_t t = t0 + u;
@@ -218,7 +224,7 @@ __global__ void __launch_bounds__(32 * kBwdRows, 3)
 #pragma unroll
       for (int u = 0; u < kAhead; ++u)
         if (t0 + u < active_end) {
-          xs[u] = dev::load_pack<scalar_t, kVec>(a.x + (row * a.T + t0 + u) * a.E + e0);
+          xs[u] = dev::load_pack<scalar_t, kVec>(a.x_at(row, t0 + u, e0));
           dys[u] = dev::load_pack<scalar_t, kVec>(grad_y + (row * a.T + t0 + u) * a.E + e0);
         }
 #pragma unroll

@@ -39,14 +39,15 @@ conv::ConvArgs<typename DeviceScalar<scalar_t>::type> conv_args(
   return {device_ptr<scalar_t>(x), device_ptr<scalar_t>(weight), device_ptr<scalar_t>(bias),
           initial.has_value() ? device_ptr<scalar_t>(*initial) : nullptr,
           cu_seqlens.has_value() ? cu_seqlens->data_ptr<int32_t>() : nullptr,
-          s.B, s.T, s.E, s.N, static_cast<int>(s.W)};
+          s.B, s.T, s.E, s.N, s.x_sb, s.x_st, static_cast<int>(s.W)};
 }
 
-// kVec channels per access (kBytes per access) when E and every pointer allow it, else 1.
+// kVec channels per access (kBytes per access) when E, x's row strides and every pointer allow
+// it, else 1.
 template <typename scalar_t, int kBytes>
-bool can_vectorize(int64_t E, std::initializer_list<const at::Tensor*> tensors) {
+bool can_vectorize(const ConvShape& s, std::initializer_list<const at::Tensor*> tensors) {
   constexpr int64_t vec = kBytes / sizeof(scalar_t);
-  if (E % vec != 0) return false;
+  if (s.E % vec != 0 || s.x_sb % vec != 0 || s.x_st % vec != 0) return false;
   for (const at::Tensor* t : tensors)
     if (reinterpret_cast<uintptr_t>(t->data_ptr()) % kBytes != 0) return false;
   return true;
@@ -128,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_silu_fwd_cuda(
   const ConvShape s = check_cuda_conv_inputs(x, weight, bias, cu_seqlens, initial_conv_state);
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = at::empty(x.sizes(), x.options());  // contiguous, whatever x's row strides
   at::Tensor final_state = x.new_empty({s.N, s.E, s.state_width()});
   if (s.E == 0) return {y, final_state};
   const std::optional<at::Tensor> valid = validate_cu_seqlens(cu_seqlens, s.T, stream);
@@ -136,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_silu_fwd_cuda(
     using dev_t = typename DeviceScalar<scalar_t>::type;
     using acc_t = at::opmath_type<scalar_t>;
     const auto a = conv_args<scalar_t>(s, x, weight, bias, cu_seqlens, initial_conv_state);
-    const bool vectorize = can_vectorize<scalar_t, 16>(s.E, {&x, &y});
+    const bool vectorize = can_vectorize<scalar_t, 16>(s, {&x, &y});
     if (s.B * s.T > 0)
       dispatch_window<scalar_t, 16>(vectorize, s.W,
                                     FwdLaunch<scalar_t>{s, a, device_ptr<scalar_t>(y), stream});
@@ -159,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_silu_bw
   check_conv_grads(grad_y, grad_final_conv_state, x, s);
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
   at::Tensor grad_w = at::empty_like(weight);
   at::Tensor grad_b = at::empty_like(bias);
   at::Tensor grad_initial = x.new_empty({s.N, s.E, s.state_width()});
@@ -174,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_silu_bw
     // 16-byte accesses for 4- and 8-byte types; 8-byte ones (4 channels) for 2-byte types keep
     // the window, the gradient ring and the weight gradients in registers.
     constexpr int kBytes = sizeof(scalar_t) >= 4 ? 16 : 8;
-    const bool vectorize = can_vectorize<scalar_t, kBytes>(s.E, {&x, &grad_y, &grad_x});
+    const bool vectorize = can_vectorize<scalar_t, kBytes>(s, {&x, &grad_y, &grad_x});
     dispatch_window<scalar_t, kBytes>(
         vectorize, s.W, BwdLaunch<scalar_t>{s, a, gy, gf, grad_x, grad_w, grad_b, stream});
     if (grad_initial.numel() > 0) {
