@@ -2,7 +2,12 @@
 //
 // Canonical shapes (B batch, T tokens, H heads, D head_dim, P state pairs, N sequences,
 // NC = ceil(T / chunk_size), E channels, W conv width):
-//   q, k          (B, T, H, D)        unit rows; activation dtype (bf16 / fp16 / fp32 / fp64)
+//   q, k          (B, T, H, D)        unit rows; activation dtype (bf16 / fp16 / fp32 / fp64);
+//                                     the chunk scan also takes token rows of a wider
+//                                     projection (unit stride over D, D over heads, one token
+//                                     stride) and, with l2_norm_eps, raw rows that it normalises
+//                                     itself, x̂ = x / √(Σ x² + eps), returning the raw rows'
+//                                     gradients
 //   v             (B, T, H, P, 2)     complex value per pair, (re, im)
 //   beta          (B, T, H)           write strength in (0, 1)
 //   log_decay     (B, T, H, P)        log|z| <= 0, fp32 (fp64 with fp64 inputs)
@@ -23,12 +28,13 @@ TORCH_LIBRARY(cdssm, m) {
 
   m.def(
       "chunk_delta_scan_fwd(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor log_decay, "
-      "Tensor phase, Tensor? initial_state, Tensor? cu_seqlens, int chunk_size) -> "
+      "Tensor phase, Tensor? initial_state, Tensor? cu_seqlens, int chunk_size, "
+      "float? l2_norm_eps=None) -> "
       "(Tensor o, Tensor final_state, Tensor boundary_states, Tensor state_energy)");
   m.def(
       "chunk_delta_scan_bwd(Tensor grad_o, Tensor? grad_final_state, Tensor q, Tensor k, "
       "Tensor v, Tensor beta, Tensor log_decay, Tensor phase, Tensor boundary_states, "
-      "Tensor? cu_seqlens, int chunk_size) -> (Tensor grad_q, "
+      "Tensor? cu_seqlens, int chunk_size, float? l2_norm_eps=None) -> (Tensor grad_q, "
       "Tensor grad_k, Tensor grad_v, Tensor grad_beta, Tensor grad_log_decay, "
       "Tensor grad_phase, Tensor grad_initial_state)");
 
@@ -43,8 +49,10 @@ TORCH_LIBRARY(cdssm, m) {
       "Tensor grad_beta, Tensor grad_log_decay, Tensor grad_phase, "
       "Tensor grad_initial_state)");
 
-  // x (B, T, E); weight (E, W); bias (E); conv state (N, E, W - 1): the last W - 1 inputs
-  // before the sequence (initial) or at its end (final), oldest first.
+  // x (B, T, E), unit channel stride, rows may be strided (read in place from a slice of the
+  // input projection); y, grad_y, grad_x contiguous; weight (E, W); bias (E); conv state
+  // (N, E, W - 1): the last W - 1 inputs before the sequence (initial) or at its end (final),
+  // oldest first.
   m.def(
       "causal_conv1d_silu_fwd(Tensor x, Tensor weight, Tensor bias, Tensor? cu_seqlens, "
       "Tensor? initial_conv_state) -> (Tensor y, Tensor final_conv_state)");

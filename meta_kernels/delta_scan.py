@@ -1,4 +1,8 @@
-"""Fake kernels of the delta scans: output shapes and dtypes from input shapes alone."""
+"""Fake kernels of the delta scans: output shapes and dtypes from input shapes alone.
+
+The chunk scan's q and k may be token rows of a wider projection (csrc/ops.cpp); its gradients
+come back contiguous.
+"""
 
 import torch
 
@@ -21,7 +25,8 @@ def _check_common(q, k, v, beta, log_decay, phase):
                  lambda: "beta (B, T, H), log_decay/phase (B, T, H, P)")
 
 
-def chunk_delta_scan_fwd(q, k, v, beta, log_decay, phase, initial_state, cu_seqlens, chunk_size):
+def chunk_delta_scan_fwd(q, k, v, beta, log_decay, phase, initial_state, cu_seqlens, chunk_size,
+                         l2_norm_eps=None):
     _check_common(q, k, v, beta, log_decay, phase)
     B, T, H, D, P, N = _sizes(q, v, cu_seqlens)
     sdt = _state_dtype(q)
@@ -36,13 +41,14 @@ def chunk_delta_scan_fwd(q, k, v, beta, log_decay, phase, initial_state, cu_seql
 
 def _scan_grads(q, k, v, beta, log_decay, phase, cu_seqlens):
     B, T, H, D, P, N = _sizes(q, v, cu_seqlens)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta),
+    # grad_q, grad_k contiguous, whatever the token stride of q, k
+    return (q.new_empty(q.shape), k.new_empty(k.shape), torch.empty_like(v), torch.empty_like(beta),
             torch.empty_like(log_decay), torch.empty_like(phase),
             q.new_empty(N, H, 2 * P, D, dtype=_state_dtype(q)))
 
 
 def chunk_delta_scan_bwd(grad_o, grad_final_state, q, k, v, beta, log_decay, phase,
-                         boundary_states, cu_seqlens, chunk_size):
+                         boundary_states, cu_seqlens, chunk_size, l2_norm_eps=None):
     _check_common(q, k, v, beta, log_decay, phase)
     return _scan_grads(q, k, v, beta, log_decay, phase, cu_seqlens)
 

@@ -298,3 +298,148 @@ def test_compile_fullgraph_matches_eager(scan):
     torch.testing.assert_close(out, eager)
     for a, b in zip(g, g_eager):
         torch.testing.assert_close(a, b)
+
+
+def _raw_rows(x, seed):
+    """x's unit rows rescaled by per-row factors in [0.2, 5): what a projection produces."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.exp(torch.empty(*x.shape[:-1], 1, dtype=torch.float64).uniform_(
+        math.log(0.2), math.log(5.0), generator=g))
+    return (x.double() * scale).to(x.dtype)
+
+
+def _token_rows(x, seed):
+    """x (B, T, H, D) read from (B, T, 3·H·D) projection rows, at column H·D (its values kept)."""
+    B, T, H, D = x.shape
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(B, T, 3 * H * D, generator=g, dtype=torch.float64).to(x.dtype)
+    wide[..., H * D:2 * H * D] = x.flatten(2)
+    return wide[..., H * D:2 * H * D].view(B, T, H, D)
+
+
+# (B, T, H, D, P, chunk_size, cu_seqlens, initial_state) for the in-kernel normalisation.
+L2_CASES = [
+    (2, 50, 2, 16, 1, 16, None, False),
+    (1, 70, 2, 8, 2, 32, [0, 20, 20, 70], True),
+    (2, 33, 3, 64, 8, 64, None, True),
+]
+L2_EPS = 1e-6
+
+
+@pytest.mark.parametrize("B,T,H,D,P,C,cu,init", L2_CASES)
+def test_l2_norm_in_kernel_equals_normalised_inputs(B, T, H, D, P, C, cu, init):
+    """chunk_delta_scan(q, k, l2_norm_eps=eps) is the scan of the model's l2_normalize(q),
+    l2_normalize(k): outputs, and gradients w.r.t. every input (the raw q, k included)."""
+    from cdssm.models.cdssm import l2_normalize
+    N = B if cu is None else len(cu) - 1
+    q, k, v, beta, ld, ph, s0 = make_inputs(B, T, H, D, P, initial_state=init, n_states=N)
+    q, k = _raw_rows(q, 1), _raw_rows(k, 2)
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs = [t if t is None else t.clone().requires_grad_() for t in (q, k, v, beta, ld, ph, s0)]
+
+    def fused(q, k, *rest):
+        return chunk_delta_scan(q, k, *rest, cu, chunk_size=C, output_final_state=True,
+                                l2_norm_eps=L2_EPS)
+
+    def explicit(q, k, *rest):
+        return chunk_delta_scan(l2_normalize(q, L2_EPS), l2_normalize(k, L2_EPS), *rest, cu,
+                                chunk_size=C, output_final_state=True)
+
+    wrt = [t for t in inputs if t is not None]
+    got, want = fused(*inputs), explicit(*inputs)
+    grad_o, grad_final = torch.randn_like(want[0]), torch.randn_like(want[1])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, wrt, (grad_o, grad_final)),
+                    torch.autograd.grad(want, wrt, (grad_o, grad_final))):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_l2_norm_in_kernel_gradcheck():
+    q, k, v, beta, ld, ph, s0 = make_inputs(1, 11, 2, 4, 2, initial_state=True)
+    wrt = [t.requires_grad_() for t in (_raw_rows(q, 1), _raw_rows(k, 2), v, beta, ld, ph, s0)]
+
+    def fn(*args):
+        return chunk_delta_scan(*args, chunk_size=4, output_final_state=True, l2_norm_eps=1e-3)
+
+    assert torch.autograd.gradcheck(fn, wrt)
+
+
+@pytest.mark.parametrize("l2_norm_eps", [None, L2_EPS])
+def test_token_rows_of_a_wider_projection_are_read_in_place(l2_norm_eps):
+    """q, k as slices of wider projection rows: the contiguous tensors' outputs and gradients bit
+    for bit, the gradients contiguous, and q, k themselves (not copies) kept for the backward."""
+    q, k, v, beta, ld, ph, s0 = make_inputs(2, 40, 2, 8, 2, initial_state=True)
+    q, k = _raw_rows(q, 1), _raw_rows(k, 2)
+    q_rows, k_rows = _token_rows(q, 3), _token_rows(k, 4)
+    assert not q_rows.is_contiguous() and torch.equal(q_rows, q)
+    rest = [t.requires_grad_() for t in (v, beta, ld, ph, s0)]
+
+    def run(q, k):
+        return chunk_delta_scan(q, k, *rest, chunk_size=16, output_final_state=True,
+                                l2_norm_eps=l2_norm_eps)
+
+    q, k, q_rows, k_rows = (t.requires_grad_() for t in (q, k, q_rows, k_rows))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        got = run(q_rows, k_rows)
+    assert any(t.data_ptr() == q_rows.data_ptr() and t.stride() == q_rows.stride() for t in saved)
+    want = run(q, k)
+    cot = (torch.randn_like(want[0]), torch.randn_like(want[1]))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    g_rows = torch.autograd.grad(got, [q_rows, k_rows, *rest], cot)
+    g = torch.autograd.grad(want, [q, k, *rest], cot)
+    assert g_rows[0].is_contiguous() and g_rows[1].is_contiguous()
+    for a, b in zip(g_rows, g):
+        assert torch.equal(a, b)
+
+
+def _l2_op_samples():
+    """(fwd args) with raw token-row q, k, for opcheck of the ops with l2_norm_eps."""
+    cu = torch.tensor([0, 5, 5, 19], dtype=torch.int32)
+    samples = []
+    for B, N, packed in [(2, 2, False), (1, 3, True)]:
+        q, k, v, beta, ld, ph, s0 = make_inputs(B, 19, 2, 8, 2, initial_state=True, n_states=N)
+        q, k = _token_rows(_raw_rows(q, 1), 3), _token_rows(_raw_rows(k, 2), 4)
+        samples.append([t.requires_grad_() for t in (q, k, v, beta, ld, ph, s0)]
+                       + [cu if packed else None])
+    return samples
+
+
+@pytest.mark.parametrize("sample", _l2_op_samples())
+def test_opcheck_chunk_l2_norm_token_rows(sample):
+    torch.library.opcheck(torch.ops.cdssm.chunk_delta_scan_fwd.default, (*sample, 8, L2_EPS))
+    q, k, v, beta, ld, ph, s0, cu = (None if t is None else t.detach() for t in sample)
+    o, final, boundary, _ = torch.ops.cdssm.chunk_delta_scan_fwd(q, k, v, beta, ld, ph, s0, cu, 8,
+                                                                 L2_EPS)
+    torch.library.opcheck(torch.ops.cdssm.chunk_delta_scan_bwd.default,
+                          (torch.randn_like(o), torch.randn_like(final), q, k, v, beta, ld, ph,
+                           boundary, cu, 8, L2_EPS))
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, math.nan, math.inf, True, "1e-6"])
+def test_bad_l2_norm_eps(eps):
+    with pytest.raises(ValueError, match="^l2_norm_eps: expected None or a finite float > 0"):
+        chunk_delta_scan(*make_inputs(1, 12, 2, 8, 1), l2_norm_eps=eps)
+
+
+# Direct calls of the op skip the Python checks: the kernel's TORCH_CHECKs name the argument.
+OP_BAD_L2 = {
+    "eps": (lambda a: a.update(l2_norm_eps=0.0), r"l2_norm_eps: expected a finite float > 0"),
+    "q_d_stride": (lambda a: a.update(q=a["q"].transpose(2, 3).contiguous().transpose(2, 3)),
+                   r"q: expected unit stride over D"),
+    "k_batch_stride": (lambda a: a.update(k=a["k"].transpose(0, 1).contiguous().transpose(0, 1)),
+                       r"k: expected unit stride over D, D over heads and one stride"),
+}
+
+
+@pytest.mark.parametrize("name", list(OP_BAD_L2))
+def test_chunk_op_checks_name_the_argument(name):
+    q, k, v, beta, ld, ph, _ = make_inputs(2, 12, 2, 8, 1)
+    args = dict(q=q, k=k, v=v, beta=beta, ld=ld, ph=ph, s0=None, cu=None, chunk_size=8,
+                l2_norm_eps=L2_EPS)
+    change, match = OP_BAD_L2[name]
+    change(args)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.cdssm.chunk_delta_scan_fwd(*args.values())

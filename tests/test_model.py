@@ -447,7 +447,8 @@ def saved_activation_bytes(block, x) -> int:
 def test_selective_recompute_keeps_only_matmul_and_op_outputs():
     """Compiled (fp32, B 1, T 512, d 64, E 128): recomputation keeps the in_proj output (3E + 2H),
     x_c, the per-head projections (7H), Q_proj's and readout's outputs (E each) and the scan's
-    small outputs, 6.2E floats per token (measured); keeping everything, 11.0E."""
+    small outputs, 6.2E floats per token (measured); keeping everything, 7.9E (11.0E while the
+    conv input was copied and the normalised q, k were stored rather than made in the scan)."""
     config = CDSSMConfig(64, 2, 512, 97)
     torch.manual_seed(0)
     block = CDSSMForCausalLM(config).blocks[0]
@@ -458,7 +459,7 @@ def test_selective_recompute_keeps_only_matmul_and_op_outputs():
     block.selective_recompute = True
     recomputed = saved_activation_bytes(block, x) / (4 * T * E)
     assert recomputed < 7.0, recomputed
-    assert kept > 9.5, kept
+    assert 7.5 < kept < 9.0, kept
 
 
 # (name, forward arguments): the training, packed, prefill and decode calls

@@ -38,7 +38,10 @@ CONV_GRAD_NAMES = ("dx", "dweight", "dbias", "dinitial")
 
 
 def cases():
-    """(name, dtype, B, T, H, D, P, C, decay, initial_state, sequence lengths or None)."""
+    """(name, dtype, B, T, H, D, P, C, decay, initial_state, sequence lengths or None).
+
+    "l2_rows": the model's call: raw (not unit) q, k read in place as token rows of a
+    (B, T, 3·H·D) projection and normalised inside the kernels (l2_norm_eps)."""
     out = []
     small = [  # the CPU tests' shapes
         (2, 50, 2, 16, 1, 16, "random", True, None),
@@ -61,10 +64,31 @@ def cases():
             out.append(("chunk64", dtype, 4, 1000, 3, 64, P, 64, "random", True, None))
             out.append(("varlen", dtype, 1, 4001, 2, 64, P, 64, "random", True,
                         [100, 0, 3000, 64, 1, 836]))
+        out.append(("l2_rows", dtype, 4, 1000, 3, 64, 2, 64, "random", True, None))
+        out.append(("l2_rows", dtype, 1, 4001, 2, 64, 2, 64, "random", True,
+                    [100, 0, 3000, 64, 1, 836]))
         out.append(("long", dtype, 1, 32768, 2, 64, 1, 64, "random", True, None))
         out.append(("long_slow", dtype, 1, 32768, 2, 64, 2, 64, "near_one", True, None))
     out.append(("fp16", torch.float16, 2, 500, 2, 64, 2, 64, "random", True, None))
     return out
+
+
+L2_NORM_EPS = 1e-6  # the model's
+
+
+def _raw_rows(x, seed):
+    """x's unit rows rescaled by per-row factors in [0.2, 5) (a projection's raw rows)."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 0.2 * 25.0 ** torch.rand(*x.shape[:-1], 1, generator=g, dtype=torch.float64)
+    return (x.double() * scale).to(x.dtype)
+
+
+def _token_rows(x):
+    """x (B, T, H, D) as the middle third of (B, T, 3·H·D) rows (the in_proj's k slice)."""
+    B, T, H, D = x.shape
+    wide = x.new_empty(B, T, 3 * H * D).normal_()
+    wide[..., H * D:2 * H * D] = x.flatten(2)
+    return wide[..., H * D:2 * H * D].view(B, T, H, D)
 
 
 def _poison_cuda_allocator(nbytes=1 << 30):
@@ -80,16 +104,22 @@ def run_case(case, seed):
                                             initial_state=init, n_states=N, seed=seed)
     grad_o, grad_final = make_cotangents(B, T, H, D, P, N, dtype=dtype, state_dtype=ld.dtype,
                                          seed=seed + 1)
+    eps = L2_NORM_EPS if name == "l2_rows" else None
+    if eps is not None:
+        q, k = _raw_rows(q, seed + 2), _raw_rows(k, seed + 3)
     cpu64 = [None if t is None else t.double() for t in (q, k, v, beta, ld, ph, s0)]
-    ref_fwd = OPS.chunk_delta_scan_fwd(*cpu64, cu, C)
+    ref_fwd = OPS.chunk_delta_scan_fwd(*cpu64, cu, C, eps)
     ref_bwd = OPS.chunk_delta_scan_bwd(grad_o.double(), grad_final.double(), *cpu64[:6], ref_fwd[2],
-                                       cu, C)
+                                       cu, C, eps)
     dev = [None if t is None else t.cuda() for t in (q, k, v, beta, ld, ph, s0)]
+    if eps is not None:
+        dev[:2] = [_token_rows(t) for t in dev[:2]]
     cu_d = None if cu is None else cu.cuda()
     _poison_cuda_allocator()
-    fwd = OPS.chunk_delta_scan_fwd(*dev, cu_d, C)
+    fwd = OPS.chunk_delta_scan_fwd(*dev, cu_d, C, eps)
     _poison_cuda_allocator()
-    bwd = OPS.chunk_delta_scan_bwd(grad_o.cuda(), grad_final.cuda(), *dev[:6], fwd[2], cu_d, C)
+    bwd = OPS.chunk_delta_scan_bwd(grad_o.cuda(), grad_final.cuda(), *dev[:6], fwd[2], cu_d, C,
+                                   eps)
     torch.cuda.synchronize()
     errs = {n: relative_error(a, b) for n, a, b in zip(FWD_NAMES, fwd, ref_fwd)}
     grads = {n: relative_error(a, b) for n, a, b in zip(GRAD_NAMES, bwd, ref_bwd)}
@@ -126,7 +156,8 @@ def recurrent_cases():
 
 
 def conv_cases():
-    """(name, dtype, B, T, E, W, initial_state, sequence lengths or None)."""
+    """(name, dtype, B, T, E, W, initial_state, sequence lengths or None); "in_proj" reads x
+    in place from (B, T, 3E) rows, as the model does."""
     out = []
     small = [  # the CPU tests' shapes, W from 1 to 8, varlen with empty and short sequences
         (2, 9, 5, 4, True, None),
@@ -146,6 +177,7 @@ def conv_cases():
         out.append(("model", dtype, 4, 1000, 1536, 4, True, None))
         out.append(("varlen", dtype, 1, 4001, 1536, 4, True, [100, 0, 3000, 64, 1, 836]))
         out.append(("decode", dtype, 64, 1, 1536, 4, True, None))
+        out.append(("in_proj", dtype, 4, 1000, 1536, 4, True, None))
     out.append(("long", torch.bfloat16, 1, 32768, 1536, 4, True, None))
     out.append(("long", torch.float32, 1, 32768, 768, 4, False, None))
     return out
@@ -197,6 +229,8 @@ def run_conv_case(case, seed):
     ref_fwd = OPS.causal_conv1d_silu_fwd(*c64, cu, s64)
     ref_bwd = OPS.causal_conv1d_silu_bwd(grad_y.double(), grad_final.double(), *c64, cu, s64)
     xd, wd, bd = x.cuda(), w.cuda(), b.cuda()
+    if name == "in_proj":  # x read in place from the model's (B, T, 3E) projection rows
+        xd = torch.cat((torch.randn_like(xd), xd, torch.randn_like(xd)), -1)[..., E:2 * E]
     s0d = None if s0 is None else s0.cuda()
     cu_d = None if cu is None else cu.cuda()
     _poison_cuda_allocator()

@@ -269,9 +269,13 @@ class CDSSMBlock(nn.Module):
         utility = torch.sigmoid(utility_lin + energy_feedback)
         # 7. scan inputs (B, T, H, P)
         decay = scan_inputs(alpha, omega, dt, r.unsqueeze(-1), gating)
-        # 8. unit keys and queries (B, T, H, D)
-        k = l2_normalize(k_raw.view(B, T, H, D), c.l2_norm_eps)
-        q = l2_normalize(self.Q_proj(x_c).view(B, T, H, D), c.l2_norm_eps)
+        # 8. keys and queries (B, T, H, D), made unit rows by l2_normalize: inside the chunk
+        #    scan's kernels as they load them (k read in place from the in_proj rows, and no
+        #    normalised copy kept or recomputed for the backward), here for the other scans
+        k = k_raw.view(B, T, H, D)
+        q = self.Q_proj(x_c).view(B, T, H, D)
+        if c.scan == "approx" or T == 1:
+            q, k = l2_normalize(q, c.l2_norm_eps), l2_normalize(k, c.l2_norm_eps)
         # 9. scan: v (B, T, H, P, 2) scaled per pair, write strength β_eff = β·υ
         #    (utility="value": v scaled by υ too, β_eff = β)
         value_scale = decay.value_scale
@@ -293,7 +297,8 @@ class CDSSMBlock(nn.Module):
         else:
             y, new_ssm_state, energy = chunk_delta_scan(
                 q, k, v, beta_eff, decay.log_decay, decay.phase, ssm_state, cu_seqlens,
-                chunk_size=c.chunk_size, output_final_state=with_state, output_state_energy=True)
+                chunk_size=c.chunk_size, output_final_state=with_state, output_state_energy=True,
+                l2_norm_eps=c.l2_norm_eps)
         # 10. read gate and readout (B, T, 2PH) → (B, T, E); flattened as (head, pair, re/im)
         ret = (read.view(B, T, H, 1, 1) * y).to(x_c.dtype).flatten(2)
         ret = self.readout_proj(ret)

@@ -25,8 +25,25 @@ class ScanInputs(NamedTuple):
     flat_output: bool  # v came as (B, T, H, 2P): return o as (B, T, H, 2P)
 
 
-def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqlens) -> ScanInputs:
-    """Checks shapes, dtypes and devices; returns contiguous tensors in canonical shapes.
+def _token_stride(x: torch.Tensor) -> int:
+    return x.stride(1) if x.shape[1] > 1 else x.stride(0)
+
+
+def is_token_rows(x: torch.Tensor) -> bool:
+    """(B, T, H, D) x is token rows of a wider projection (csrc/delta_scan_cpu.h): unit stride
+    over D, D over heads, one stride between the flattened B·T tokens."""
+    B, T, H, D = x.shape
+    if x.numel() == 0:
+        return True
+    return ((x.stride(3) == 1 or D <= 1) and (x.stride(2) == D or H <= 1)
+            and (B <= 1 or x.stride(0) == T * _token_stride(x)))
+
+
+def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqlens,
+                        token_rows_qk: bool = False) -> ScanInputs:
+    """Checks shapes, dtypes and devices; returns contiguous tensors in canonical shapes, except
+    that q and k stay token rows of a wider projection (``is_token_rows``, read in place) when
+    ``token_rows_qk`` (the chunk scan).
 
     v and beta are cast to q's dtype; log_decay, phase and the state to the recurrence dtype
     (fp32, or fp64 for fp64 inputs). cu_seqlens contents (0, non-decreasing, T) are checked
@@ -76,8 +93,8 @@ def prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqle
         initial_state = initial_state.to(sdt).contiguous()
 
     return ScanInputs(
-        q=q.contiguous(),
-        k=k.contiguous(),
+        q=q if token_rows_qk and is_token_rows(q) else q.contiguous(),
+        k=k if token_rows_qk and is_token_rows(k) else k.contiguous(),
         v=v.to(q.dtype).contiguous(),
         beta=beta.to(q.dtype).contiguous(),
         log_decay=log_decay.reshape(B, T, H, P).to(sdt).contiguous(),

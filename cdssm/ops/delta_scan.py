@@ -10,11 +10,13 @@ oracle and the decode step). Both are differentiable in every tensor input (grad
 the ``*_bwd`` custom ops, so they trace under compile and export).
 """
 
+import math
 from typing import Optional
 
 import torch
 
 from . import _library  # noqa: F401  (loads the op library)
+from ._checks import expect
 from ._scan_inputs import check_chunk_size, finish_output, prepare_scan_inputs
 
 _ops = torch.ops.cdssm
@@ -32,11 +34,14 @@ def chunk_delta_scan(
     chunk_size: int = 64,
     output_final_state: bool = False,
     output_state_energy: bool = False,
+    l2_norm_eps: Optional[float] = None,
 ):
     """Exact chunked delta scan.
 
     Args:
-        q, k: (B, T, H, D) unit-norm queries and keys (bf16, fp16, fp32 or fp64).
+        q, k: (B, T, H, D) unit-norm queries and keys (bf16, fp16, fp32 or fp64), or any rows
+            with ``l2_norm_eps``. Token rows of a wider projection (unit stride over D and
+            heads, e.g. a slice of a linear layer's output) are read in place, not copied.
         v: (B, T, H, P, 2) complex values per state pair; (B, T, H, 2) for one pair, or the
             flattened (B, T, H, 2P), in which case o comes back as (B, T, H, 2P).
         beta: (B, T, H) write strengths in (0, 1).
@@ -48,6 +53,9 @@ def chunk_delta_scan(
         output_final_state: return the state after each sequence's last token.
         output_state_energy: also return (N, H) fp32: the mean over each sequence's chunk ends of
             ‖S‖²_F (detached; the model's metabolic bookkeeping).
+        l2_norm_eps: when given (a float > 0), the scan runs on x̂ = x / √(Σ_d x_d² + eps) of
+            each row of q and k (computed in fp32 as the kernels load the rows, rounded to q's
+            dtype; no normalised copy is stored) and the gradients flow to the raw rows.
 
     Returns:
         ``(o, final_state)`` — o (B, T, H, P, 2) in q's dtype, final_state (N, H, 2P, D) fp32
@@ -59,9 +67,15 @@ def chunk_delta_scan(
     propagates to the outputs of its sequence and head from that token on, and nowhere else.
     """
     check_chunk_size(chunk_size)
-    x = prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqlens)
+    expect(l2_norm_eps is None or (isinstance(l2_norm_eps, (int, float))
+                                   and not isinstance(l2_norm_eps, bool)
+                                   and 0 < l2_norm_eps < math.inf),
+           "l2_norm_eps", "None or a finite float > 0", l2_norm_eps)
+    x = prepare_scan_inputs(q, k, v, beta, log_decay, phase, initial_state, cu_seqlens,
+                            token_rows_qk=True)
     o, final_state, _, energy = _ops.chunk_delta_scan_fwd(
-        x.q, x.k, x.v, x.beta, x.log_decay, x.phase, x.initial_state, x.cu_seqlens, chunk_size)
+        x.q, x.k, x.v, x.beta, x.log_decay, x.phase, x.initial_state, x.cu_seqlens, chunk_size,
+        None if l2_norm_eps is None else float(l2_norm_eps))
     o = finish_output(o, x.flat_output)
     final_state = final_state if output_final_state else None
     if output_state_energy:
@@ -100,18 +114,19 @@ def _zeros_if_none(grad, like):
 
 
 def _chunk_setup_context(ctx, inputs, output):
-    q, k, v, beta, log_decay, phase, initial_state, cu_seqlens, chunk_size = inputs
+    q, k, v, beta, log_decay, phase, initial_state, cu_seqlens, chunk_size, l2_norm_eps = inputs
     ctx.save_for_backward(q, k, v, beta, log_decay, phase, output[2], cu_seqlens)
     ctx.has_initial_state = initial_state is not None
     ctx.chunk_size = chunk_size
+    ctx.l2_norm_eps = l2_norm_eps
 
 
 def _chunk_backward(ctx, grad_o, grad_final_state, _grad_boundary, _grad_energy):
     q, k, v, beta, log_decay, phase, boundary, cu_seqlens = ctx.saved_tensors
     grads = _ops.chunk_delta_scan_bwd(
         _zeros_if_none(grad_o, v), None if grad_final_state is None else grad_final_state.contiguous(),
-        q, k, v, beta, log_decay, phase, boundary, cu_seqlens, ctx.chunk_size)
-    return (*_grads(ctx, grads), None, None)
+        q, k, v, beta, log_decay, phase, boundary, cu_seqlens, ctx.chunk_size, ctx.l2_norm_eps)
+    return (*_grads(ctx, grads), None, None, None)
 
 
 def _recurrent_setup_context(ctx, inputs, output):

@@ -389,13 +389,20 @@ int64_t checked_chunk_size(int64_t chunk_size) {
   return chunk_size;
 }
 
+// The rows the scan runs on: q̂ = q / √(Σ q² + eps) with l2_norm_eps, else q; contiguous.
+at::Tensor scan_rows(const at::Tensor& x, std::optional<double> l2_norm_eps) {
+  return l2_norm_eps.has_value() ? l2_normalize_rows(x, *l2_norm_eps) : x.contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v, const at::Tensor& beta,
     const at::Tensor& log_decay, const at::Tensor& phase,
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens,
-    int64_t chunk_size) {
-  check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens);
-  check_state(initial_state, "initial_state", q, v, log_decay, cu_seqlens);
+    int64_t chunk_size, std::optional<double> l2_norm_eps) {
+  check_scan_inputs(q_in, k_in, v, beta, log_decay, phase, cu_seqlens, /*token_rows_qk=*/true);
+  check_state(initial_state, "initial_state", q_in, v, log_decay, cu_seqlens);
+  check_l2_norm_eps(l2_norm_eps);
+  const at::Tensor q = scan_rows(q_in, l2_norm_eps), k = scan_rows(k_in, l2_norm_eps);
   const int64_t C = checked_chunk_size(chunk_size);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), P = v.size(3);
   const auto spans = make_spans(B, T, cu_seqlens, C);
@@ -414,12 +421,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 chunk_delta_scan_bwd_cpu(const at::Tensor& grad_o, const std::optional<at::Tensor>& grad_final_state,
-                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v,
                          const at::Tensor& beta, const at::Tensor& log_decay,
                          const at::Tensor& phase, const at::Tensor& boundary_states,
-                         const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size) {
-  check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens);
-  check_state(grad_final_state, "grad_final_state", q, v, log_decay, cu_seqlens);
+                         const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size,
+                         std::optional<double> l2_norm_eps) {
+  check_scan_inputs(q_in, k_in, v, beta, log_decay, phase, cu_seqlens, /*token_rows_qk=*/true);
+  check_state(grad_final_state, "grad_final_state", q_in, v, log_decay, cu_seqlens);
+  check_l2_norm_eps(l2_norm_eps);
+  const at::Tensor q = scan_rows(q_in, l2_norm_eps), k = scan_rows(k_in, l2_norm_eps);
   const int64_t C = checked_chunk_size(chunk_size);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), P = v.size(3);
   check_grad_o(grad_o, q, v);
@@ -434,6 +444,10 @@ chunk_delta_scan_bwd_cpu(const at::Tensor& grad_o, const std::optional<at::Tenso
     backward_impl<scalar_t>(grad_o, grad_final_state, q, k, v, beta, log_decay, phase,
                             boundary_states, spans, C, dq, dk, dv, dbeta, dld, dph, dinit);
   });
+  if (l2_norm_eps.has_value()) {  // from the normalised rows' gradients to the raw rows'
+    dq = l2_normalize_rows_backward(q_in, dq, *l2_norm_eps);
+    dk = l2_normalize_rows_backward(k_in, dk, *l2_norm_eps);
+  }
   return {dq, dk, dv, dbeta, dld, dph, dinit};
 }
 

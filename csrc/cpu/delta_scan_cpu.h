@@ -42,11 +42,25 @@ inline Cx<T> cexp(Cx<T> g) {
 template <typename T>
 inline T re_conj_mul(Cx<T> a, Cx<T> b) { return a.re * b.re + a.im * b.im; }
 
+// The token stride of a (B, T, H, D) q or k: elements between consecutive (flattened b·T + t)
+// token rows.
+inline int64_t token_stride(const at::Tensor& t) { return t.size(1) > 1 ? t.stride(1) : t.stride(0); }
+
+// q, k of the chunk scan may be token rows of a wider projection, read in place: unit stride
+// over D, D over heads, and one stride between the flattened B·T token rows.
+inline bool is_token_rows(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  return (t.stride(3) == 1 || t.size(3) <= 1) && (t.stride(2) == t.size(3) || t.size(2) <= 1) &&
+         (t.size(0) <= 1 || t.stride(0) == t.size(1) * token_stride(t));
+}
+
 // Shape and dtype checks shared by every scan kernel (the Python wrapper checks them first with
-// friendlier messages; these guard direct calls of torch.ops.cdssm.*).
+// friendlier messages; these guard direct calls of torch.ops.cdssm.*). q and k are contiguous,
+// or token rows (is_token_rows) where the op reads them so (token_rows_qk, the chunk scan).
 inline void check_scan_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& beta, const at::Tensor& log_decay,
-                              const at::Tensor& phase, const std::optional<at::Tensor>& cu_seqlens) {
+                              const at::Tensor& phase, const std::optional<at::Tensor>& cu_seqlens,
+                              bool token_rows_qk = false) {
   TORCH_CHECK(q.dim() == 4, "q: expected (B, T, H, D), got ", q.sizes());
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2);
   TORCH_CHECK(k.sizes() == q.sizes(), "k: expected ", q.sizes(), ", got ", k.sizes());
@@ -66,8 +80,14 @@ inline void check_scan_inputs(const at::Tensor& q, const at::Tensor& k, const at
   for (const auto* t : {&k, &v, &beta})
     TORCH_CHECK(t->scalar_type() == q.scalar_type(), "k/v/beta: expected q's dtype ",
                 q.scalar_type(), ", got ", t->scalar_type());
-  for (const auto* t : {&q, &k, &v, &beta, &log_decay, &phase})
+  for (const auto* t : {&v, &beta, &log_decay, &phase})
     TORCH_CHECK(t->is_contiguous(), "scan inputs must be contiguous");
+  for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}})
+    TORCH_CHECK(token_rows_qk ? is_token_rows(*t) : t->is_contiguous(), name,
+                token_rows_qk ? ": expected unit stride over D, D over heads and one stride "
+                                "between token rows, got strides "
+                              : ": expected a contiguous tensor, got strides ",
+                t->strides());
   for (const auto* t : {&k, &v, &beta, &log_decay, &phase})
     TORCH_CHECK(t->device() == q.device(), "scan inputs must be on q's device ", q.device());
   if (cu_seqlens.has_value()) {
@@ -129,6 +149,29 @@ inline void check_boundary_states(const at::Tensor& boundary, const at::Tensor& 
                   boundary.device() == q.device(),
               "boundary_states: expected the forward's chunk-start states (", rows,
               " rows of (H, 2P, D)), got ", boundary.sizes());
+}
+
+// l2_norm_eps of the chunk scan: absent, or a finite eps > 0.
+inline void check_l2_norm_eps(std::optional<double> eps) {
+  TORCH_CHECK(!eps.has_value() || (*eps > 0 && std::isfinite(*eps)),
+              "l2_norm_eps: expected a finite float > 0 or None, got ", eps.value_or(0));
+}
+
+// x̂ = x / √(Σ_d x_d² + eps) per (token, head) row, in fp32 (fp64 for fp64), returned contiguous
+// in x's dtype (the model's l2_normalize).
+inline at::Tensor l2_normalize_rows(const at::Tensor& x, double eps) {
+  const at::Tensor xf = x.to(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  return (xf * (xf.square().sum(-1, true) + eps).rsqrt()).to(x.scalar_type()).contiguous();
+}
+
+// The gradient of the raw rows from that of the normalised ones:
+// dx = r (dx̂ − x̂ (x̂·dx̂)),  x̂ = r x,  r = 1/√(Σ x² + eps)  (in fp32, fp64 for fp64).
+inline at::Tensor l2_normalize_rows_backward(const at::Tensor& x, const at::Tensor& grad, double eps) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor xf = x.to(acc), gf = grad.to(acc);
+  const at::Tensor r = (xf.square().sum(-1, true) + eps).rsqrt();
+  const at::Tensor xh = xf * r;
+  return (r * (gf - xh * (xh * gf).sum(-1, true))).to(x.scalar_type()).contiguous();
 }
 
 // Flat offsets into the contiguous canonical layouts.

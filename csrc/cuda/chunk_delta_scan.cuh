@@ -83,12 +83,17 @@ struct Sequences {
   int64_t N;
 };
 
-// The inputs in canonical layout (csrc/ops.cpp) and the sizes.
+// The inputs in canonical layout (csrc/ops.cpp) and the sizes. q and k are token rows: row
+// (tok, h) at tok·q_st + h·D (a slice of a wider projection is read in place); with `normalize`
+// the kernels scale each row to x / √(Σ x² + l2_eps) as they load it. dq, dk are contiguous.
 template <typename scalar_t, typename acc_t>
 struct Inputs {
   const scalar_t *q, *k, *v, *beta;
   const acc_t *log_decay, *phase;
   int H, D, P, C;
+  int64_t q_st, k_st;
+  bool normalize;
+  acc_t l2_eps;
   __host__ __device__ int64_t qk(int64_t tok, int h) const { return (tok * H + h) * D; }
 };
 
@@ -144,26 +149,78 @@ __device__ inline void* block_scratch(void* global_scratch, int64_t bytes) {
 template <typename T>
 __host__ __device__ constexpr int row_stride(int D) { return sizeof(T) == 2 ? D + 8 : D + 1; }
 
-// dst[t·row_stride(D) + d] = src row (tok0 + t, h), t < m, in the input dtype (16-byte copies when
-// rows are whole, aligned granules); rows m..C − 1 zero (so that whole 16-row blocks of the tile
-// can feed the tensor cores).
+// Rows t < m of a tile (row stride L) scaled in place to x / √(Σ_d x_d² + eps), in acc_t and
+// rounded to the tile's dtype (the model's l2_normalize); one warp per row.
 template <typename scalar_t, typename acc_t>
-__device__ void load_rows(scalar_t* dst, const scalar_t* src, const Inputs<scalar_t, acc_t>& in,
+__device__ void normalize_rows(scalar_t* tile, int m, int D, int L, acc_t eps) {
+  const int lane = threadIdx.x % 32;
+  for (int t = threadIdx.x / 32; t < m; t += blockDim.x / 32) {
+    scalar_t* row = tile + t * L;
+    acc_t ss = 0;
+    for (int d = lane; d < D; d += 32) {
+      const acc_t x = to_acc(row[d]);
+      ss += x * x;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const acc_t r = rsqrt(ss + eps);
+    for (int d = lane; d < D; d += 32) row[d] = from_acc<scalar_t>(to_acc(row[d]) * r);
+  }
+}
+
+// dst[t·row_stride(D) + d] = row (tok0 + t, h) of src (token stride st), t < m, in the input
+// dtype (16-byte copies when rows are whole, aligned granules), normalised when in.normalize;
+// rows m..C − 1 zero (so that whole 16-row blocks of the tile can feed the tensor cores).
+template <typename scalar_t, typename acc_t>
+__device__ void load_rows(scalar_t* dst, const scalar_t* src, int64_t st, const Inputs<scalar_t, acc_t>& in,
                           int64_t tok0, int m, int h) {
   const int D = in.D, L = row_stride<scalar_t>(D);
   constexpr int g = 16 / sizeof(scalar_t);
-  if (sizeof(scalar_t) == 2 && D % g == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+  src += tok0 * st + static_cast<int64_t>(h) * D;
+  if (sizeof(scalar_t) == 2 && D % g == 0 && st % g == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
     for (int i = threadIdx.x; i < m * (D / g); i += blockDim.x) {
       const int t = i / (D / g), d = (i % (D / g)) * g;
-      dev::store_pack<scalar_t, g>(dst + t * L + d, dev::load_pack<scalar_t, g>(src + in.qk(tok0 + t, h) + d));
+      dev::store_pack<scalar_t, g>(dst + t * L + d, dev::load_pack<scalar_t, g>(src + t * st + d));
     }
   } else {
     for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
       const int t = i / D, d = i % D;
-      dst[t * L + d] = src[in.qk(tok0 + t, h) + d];
+      dst[t * L + d] = src[t * st + d];
     }
   }
   for (int i = threadIdx.x; i < (in.C - m) * D; i += blockDim.x) dst[(m + i / D) * L + i % D] = from_acc<scalar_t>(acc_t(0));
+  if (in.normalize) {
+    __syncthreads();
+    normalize_rows(dst, m, D, L, in.l2_eps);
+  }
+}
+
+// dx ← r (dx − x̂ (x̂·dx)), x̂ = r x, r = 1/√(Σ x² + eps), in place over the contiguous (B·T, H, D)
+// gradient dx of the normalised rows, x the raw token rows (stride st): the raw rows' gradient.
+// One warp per (token, head) row.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(256) l2_normalize_bwd_kernel(const scalar_t* x, int64_t st,
+                                                               scalar_t* dx, int64_t rows, int H,
+                                                               int D, acc_t eps) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows; r += warps) {
+    const scalar_t* xr = x + (r / H) * st + (r % H) * D;
+    scalar_t* g = dx + r * D;
+    acc_t ss = 0, dot = 0;
+    for (int d = lane; d < D; d += 32) {
+      const acc_t xv = to_acc(xr[d]);
+      ss += xv * xv;
+      dot += xv * to_acc(g[d]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) {
+      ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    }
+    const acc_t rn = rsqrt(ss + eps), proj = rn * rn * dot;  // x̂·dx = r (x·dx); times r for x̂
+    for (int d = lane; d < D; d += 32) g[d] = from_acc<scalar_t>(rn * (to_acc(g[d]) - proj * to_acc(xr[d])));
+  }
 }
 
 // G[p·C + t] = log_decay + i·phase of token t, pair p (before the cumulative sum).
@@ -545,7 +602,7 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
   PrepareScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, PrepareScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                           C, D, P);
-  load_rows(s.K, in.k, in, c.tok0, m, h);
+  load_rows(s.K, in.k, in.k_st, in, c.tok0, m, h);
   load_decay(s.G, in, c.tok0, m, h);
   for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
     const int t = i / P;
@@ -774,8 +831,8 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
   OutputScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, OutputScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                          C, D, P);
-  load_rows(s.Q, in.q, in, c.tok0, m, h);
-  load_rows(s.K, in.k, in, c.tok0, m, h);
+  load_rows(s.Q, in.q, in.q_st, in, c.tok0, m, h);
+  load_rows(s.K, in.k, in.k_st, in, c.tok0, m, h);
   load_decay(s.G, in, c.tok0, m, h);
   load_state(s.s0, boundary + wrow * 2 * P * D, P, D);
   for (int i = threadIdx.x; i < m * D; i += blockDim.x)
@@ -854,8 +911,8 @@ __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const sca
                                     acc_t* T, acc_t* beta, Cx<acc_t>* G, Cx<acc_t>* gam,
                                     Cx<acc_t>* dy) {
   const int C = in.C, D = in.D, P = in.P, m = c.m;
-  load_rows(K, in.k, in, c.tok0, m, h);
-  load_rows(Q, in.q, in, c.tok0, m, h);
+  load_rows(K, in.k, in.k_st, in, c.tok0, m, h);
+  load_rows(Q, in.q, in.q_st, in, c.tok0, m, h);
   load_decay(G, in, c.tok0, m, h);
   for (int t = threadIdx.x; t < m; t += blockDim.x) beta[t] = to_acc(in.beta[(c.tok0 + t) * in.H + h]);
   for (int i = threadIdx.x; i < m * P; i += blockDim.x) {

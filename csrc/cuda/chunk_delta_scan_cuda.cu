@@ -84,13 +84,31 @@ void check_cuda_inputs(const at::Tensor& q, const std::optional<at::Tensor>& cu_
 template <typename scalar_t>
 cuda::Inputs<typename DeviceScalar<scalar_t>::type, at::opmath_type<scalar_t>> device_inputs(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
-    const at::Tensor& log_decay, const at::Tensor& phase, int64_t C) {
+    const at::Tensor& log_decay, const at::Tensor& phase, int64_t C,
+    std::optional<double> l2_norm_eps) {
   using dev_t = typename DeviceScalar<scalar_t>::type;
   using acc_t = at::opmath_type<scalar_t>;
   return {reinterpret_cast<const dev_t*>(q.data_ptr()), reinterpret_cast<const dev_t*>(k.data_ptr()),
           reinterpret_cast<const dev_t*>(v.data_ptr()), reinterpret_cast<const dev_t*>(beta.data_ptr()),
           log_decay.data_ptr<acc_t>(), phase.data_ptr<acc_t>(), static_cast<int>(q.size(2)),
-          static_cast<int>(q.size(3)), static_cast<int>(v.size(3)), static_cast<int>(C)};
+          static_cast<int>(q.size(3)), static_cast<int>(v.size(3)), static_cast<int>(C),
+          token_stride(q), token_stride(k), l2_norm_eps.has_value(),
+          static_cast<acc_t>(l2_norm_eps.value_or(0))};
+}
+
+// With l2_norm_eps: the gradients of the normalised rows (in dx) become the raw rows' (x).
+template <typename scalar_t>
+void l2_normalize_backward(const at::Tensor& x, at::Tensor& dx, double eps, cudaStream_t stream) {
+  using dev_t = typename DeviceScalar<scalar_t>::type;
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = x.size(0) * x.size(1) * x.size(2);
+  if (rows == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 8192));
+  cuda::l2_normalize_bwd_kernel<dev_t, acc_t><<<blocks, 256, 0, stream>>>(
+      reinterpret_cast<const dev_t*>(x.data_ptr()), token_stride(x),
+      reinterpret_cast<dev_t*>(dx.data_ptr()), rows, static_cast<int>(x.size(2)),
+      static_cast<int>(x.size(3)), static_cast<acc_t>(eps));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Workspace of `items` (row, head) chunks in one tensor: the map records (first, so that each
@@ -112,10 +130,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
     const at::Tensor& log_decay, const at::Tensor& phase,
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens,
-    int64_t chunk_size) {
-  check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens);
+    int64_t chunk_size, std::optional<double> l2_norm_eps) {
+  check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens, /*token_rows_qk=*/true);
   check_state(initial_state, "initial_state", q, v, log_decay, cu_seqlens);
   check_cuda_inputs(q, cu_seqlens, chunk_size);
+  check_l2_norm_eps(l2_norm_eps);
   const c10::cuda::CUDAGuard guard(q.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t C = chunk_size, B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3),
@@ -133,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "chunk_delta_scan_fwd_cuda", [&] {
     using dev_t = typename DeviceScalar<scalar_t>::type;
     using acc_t = at::opmath_type<scalar_t>;
-    const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C);
+    const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C, l2_norm_eps);
     at::Tensor work;
     const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, true, sopt, work);
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
@@ -167,10 +186,12 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
                           const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& beta, const at::Tensor& log_decay,
                           const at::Tensor& phase, const at::Tensor& boundary_states,
-                          const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size) {
-  check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens);
+                          const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size,
+                          std::optional<double> l2_norm_eps) {
+  check_scan_inputs(q, k, v, beta, log_decay, phase, cu_seqlens, /*token_rows_qk=*/true);
   check_state(grad_final_state, "grad_final_state", q, v, log_decay, cu_seqlens);
   check_cuda_inputs(q, cu_seqlens, chunk_size);
+  check_l2_norm_eps(l2_norm_eps);
   const int64_t C = chunk_size, B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3),
                 P = v.size(3);
   const int64_t N = cu_seqlens.has_value() ? cu_seqlens->numel() - 1 : B, NC = (T + C - 1) / C;
@@ -182,7 +203,9 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
   // has gone back to the caching allocator: the two are never held at once.
   at::Tensor dq, dk, dv, dbeta, dld, dph;
   const auto allocate_grads = [&] {
-    dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+    // dq, dk contiguous whatever the token stride of q, k
+    dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
+    dv = at::empty_like(v);
     dbeta = at::empty_like(beta), dld = at::empty_like(log_decay), dph = at::empty_like(phase);
   };
   at::Tensor dinit = at::empty({N, H, 2 * P, D}, log_decay.options());
@@ -196,7 +219,7 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "chunk_delta_scan_bwd_cuda", [&] {
     using dev_t = typename DeviceScalar<scalar_t>::type;
     using acc_t = at::opmath_type<scalar_t>;
-    const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C);
+    const auto in = device_inputs<scalar_t>(q, k, v, beta, log_decay, phase, C, l2_norm_eps);
     at::Tensor work;
     const cuda::ChunkWork<acc_t> ws = chunk_work<acc_t>(rows * H, C, D, P, false, log_decay.options(), work);
     at::Tensor ds_end = at::empty({rows * H * P * D * 2}, log_decay.options());  // (row, head, 2P, D)
@@ -230,6 +253,10 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
            cuda::ChunkBwdScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
            static_cast<const acc_t*>(ds_end_p),
            static_cast<const acc_t*>(boundary_states.data_ptr<acc_t>()), gr);
+    if (l2_norm_eps.has_value()) {
+      l2_normalize_backward<scalar_t>(q, dq, *l2_norm_eps, stream);
+      l2_normalize_backward<scalar_t>(k, dk, *l2_norm_eps, stream);
+    }
   });
   if (cu_seqlens.has_value())
     fill_nan_if_invalid({&dq, &dk, &dv, &dbeta, &dld, &dph, &dinit}, st.valid, stream);
