@@ -5,9 +5,10 @@ On a CUDA device, with small random models (matrices redrawn so they do not echo
               prompts of different lengths; CD-SSM P = 1, P = 2, and bf16 weights
   transformer cuda_graph=True on the Transformer raises ValueError (its KV cache grows)
   loader      a CUDA AOTInductor package of a plain nn.Linear (no cdssm code) loads and runs in a
-              fresh process; when this torch's CUDA AOTI loader crashes (SIGSEGV, seen with torch
-              2.11.0+cu130), the aoti, cli and cpp checks fail as "not run" instead of killing
-              this process
+              fresh process; when the loader crashes, the aoti, cli and cpp checks fail as "not
+              run" instead of killing this process. Seen (SIGSEGV) on a machine whose processes
+              resolve libstdc++'s std::ostringstream wrongly; run there with
+              LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6 (docs/benchmarks.md)
   aoti        export_packages(device="cuda"): PackagedLM tokens == eager tokens (greedy, sampled)
   cli         `cdssm generate --package` in a fresh process, `--checkpoint` and
               `--checkpoint --cuda-graph` print the same text and ids
@@ -103,8 +104,8 @@ def main(argv=None):
            loader_detail)
     if not loader_ok:
         for name in ("aoti cuda package", "cli generate", "cpp runner on cuda packages"):
-            record(name, False, "not run: this torch's CUDA AOTI loader fails on a plain "
-                                "nn.Linear package (loader check)")
+            record(name, False, "not run: the CUDA AOTI loader fails on a plain nn.Linear "
+                                "package (loader check; try LD_PRELOAD of the system libstdc++)")
         return finish(a.json, rows)
     model = tiny_cdssm()
     checkpoint, package = os.path.join(work, "checkpoint"), os.path.join(work, "package")
