@@ -43,6 +43,25 @@ def make_cotangents(B, T, H, D, P, N, *, dtype, state_dtype, seed=1):
     return grad_o, grad_final
 
 
+def raw_rows(x, seed):
+    """x's unit rows rescaled by log-uniform per-row factors in [0.2, 5): a projection's raw
+    rows, for the chunk scan's ``l2_norm_eps``."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 0.2 * 25.0 ** torch.rand(*x.shape[:-1], 1, generator=g, dtype=torch.float64)
+    return (x.double() * scale.to(x.device)).to(x.dtype)
+
+
+def token_rows(x, seed):
+    """x (B, T, H, D), same values and device, as the middle third of random (B, T, 3·H·D)
+    projection rows (the layout of the model's k slice of the in_proj output)."""
+    B, T, H, D = x.shape
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(B, T, 3 * H * D, generator=g, dtype=torch.float64)
+    wide = wide.to(device=x.device, dtype=x.dtype)
+    wide[..., H * D:2 * H * D] = x.flatten(2)
+    return wide[..., H * D:2 * H * D].view(B, T, H, D)
+
+
 def cu_seqlens_from_lengths(lengths):
     """int32 offsets [0, l0, l0 + l1, ...] of packed sequences of these lengths, or None."""
     if lengths is None:

@@ -8,7 +8,7 @@ import torch
 from cdssm.ops import (chunk_delta_scan, chunk_delta_scan_reference, recurrent_delta_scan,
                        recurrent_delta_scan_reference)
 
-from scan_cases import make_inputs, oracle
+from scan_cases import make_inputs, oracle, raw_rows, token_rows
 
 SCANS = {
     "chunk": lambda *a, chunk_size=16, **kw: chunk_delta_scan(*a, chunk_size=chunk_size, **kw),
@@ -300,23 +300,6 @@ def test_compile_fullgraph_matches_eager(scan):
         torch.testing.assert_close(a, b)
 
 
-def _raw_rows(x, seed):
-    """x's unit rows rescaled by per-row factors in [0.2, 5): what a projection produces."""
-    g = torch.Generator().manual_seed(seed)
-    scale = torch.exp(torch.empty(*x.shape[:-1], 1, dtype=torch.float64).uniform_(
-        math.log(0.2), math.log(5.0), generator=g))
-    return (x.double() * scale).to(x.dtype)
-
-
-def _token_rows(x, seed):
-    """x (B, T, H, D) read from (B, T, 3·H·D) projection rows, at column H·D (its values kept)."""
-    B, T, H, D = x.shape
-    g = torch.Generator().manual_seed(seed)
-    wide = torch.randn(B, T, 3 * H * D, generator=g, dtype=torch.float64).to(x.dtype)
-    wide[..., H * D:2 * H * D] = x.flatten(2)
-    return wide[..., H * D:2 * H * D].view(B, T, H, D)
-
-
 # (B, T, H, D, P, chunk_size, cu_seqlens, initial_state) for the in-kernel normalisation.
 L2_CASES = [
     (2, 50, 2, 16, 1, 16, None, False),
@@ -333,7 +316,7 @@ def test_l2_norm_in_kernel_equals_normalised_inputs(B, T, H, D, P, C, cu, init):
     from cdssm.models.cdssm import l2_normalize
     N = B if cu is None else len(cu) - 1
     q, k, v, beta, ld, ph, s0 = make_inputs(B, T, H, D, P, initial_state=init, n_states=N)
-    q, k = _raw_rows(q, 1), _raw_rows(k, 2)
+    q, k = raw_rows(q, 1), raw_rows(k, 2)
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     inputs = [t if t is None else t.clone().requires_grad_() for t in (q, k, v, beta, ld, ph, s0)]
 
@@ -357,7 +340,7 @@ def test_l2_norm_in_kernel_equals_normalised_inputs(B, T, H, D, P, C, cu, init):
 
 def test_l2_norm_in_kernel_gradcheck():
     q, k, v, beta, ld, ph, s0 = make_inputs(1, 11, 2, 4, 2, initial_state=True)
-    wrt = [t.requires_grad_() for t in (_raw_rows(q, 1), _raw_rows(k, 2), v, beta, ld, ph, s0)]
+    wrt = [t.requires_grad_() for t in (raw_rows(q, 1), raw_rows(k, 2), v, beta, ld, ph, s0)]
 
     def fn(*args):
         return chunk_delta_scan(*args, chunk_size=4, output_final_state=True, l2_norm_eps=1e-3)
@@ -370,8 +353,8 @@ def test_token_rows_of_a_wider_projection_are_read_in_place(l2_norm_eps):
     """q, k as slices of wider projection rows: the contiguous tensors' outputs and gradients bit
     for bit, the gradients contiguous, and q, k themselves (not copies) kept for the backward."""
     q, k, v, beta, ld, ph, s0 = make_inputs(2, 40, 2, 8, 2, initial_state=True)
-    q, k = _raw_rows(q, 1), _raw_rows(k, 2)
-    q_rows, k_rows = _token_rows(q, 3), _token_rows(k, 4)
+    q, k = raw_rows(q, 1), raw_rows(k, 2)
+    q_rows, k_rows = token_rows(q, 3), token_rows(k, 4)
     assert not q_rows.is_contiguous() and torch.equal(q_rows, q)
     rest = [t.requires_grad_() for t in (v, beta, ld, ph, s0)]
 
@@ -401,14 +384,14 @@ def _l2_op_samples():
     samples = []
     for B, N, packed in [(2, 2, False), (1, 3, True)]:
         q, k, v, beta, ld, ph, s0 = make_inputs(B, 19, 2, 8, 2, initial_state=True, n_states=N)
-        q, k = _token_rows(_raw_rows(q, 1), 3), _token_rows(_raw_rows(k, 2), 4)
+        q, k = token_rows(raw_rows(q, 1), 3), token_rows(raw_rows(k, 2), 4)
         samples.append([t.requires_grad_() for t in (q, k, v, beta, ld, ph, s0)]
                        + [cu if packed else None])
     return samples
 
 
 @pytest.mark.parametrize("sample", _l2_op_samples())
-def test_opcheck_chunk_l2_norm_token_rows(sample):
+def test_opcheck_chunk_l2_normtoken_rows(sample):
     torch.library.opcheck(torch.ops.cdssm.chunk_delta_scan_fwd.default, (*sample, 8, L2_EPS))
     q, k, v, beta, ld, ph, s0, cu = (None if t is None else t.detach() for t in sample)
     o, final, boundary, _ = torch.ops.cdssm.chunk_delta_scan_fwd(q, k, v, beta, ld, ph, s0, cu, 8,

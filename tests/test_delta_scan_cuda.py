@@ -6,7 +6,7 @@ import torch
 import cdssm.ops  # noqa: F401  (loads the op library)
 
 from scan_cases import (assert_close_by_name, cu_seqlens_from_lengths, make_cotangents,
-                        make_inputs)
+                        make_inputs, raw_rows, token_rows)
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -82,14 +82,6 @@ def test_cuda_opcheck(packed):
                           (torch.randn_like(o), torch.randn_like(final), *det[:6], boundary, cu, 8))
 
 
-def _token_rows(x):
-    """x (B, T, H, D) as the middle third of (B, T, 3·H·D) projection rows on the GPU."""
-    B, T, H, D = x.shape
-    wide = torch.randn(B, T, 3 * H * D, device="cuda").to(x.dtype)
-    wide[..., H * D:2 * H * D] = x.flatten(2)
-    return wide[..., H * D:2 * H * D].view(B, T, H, D)
-
-
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 @pytest.mark.parametrize("lengths", [None, [100, 0, 230, 64, 6]])
 def test_cuda_l2_norm_token_rows_matches_cpu(lengths, dtype):
@@ -98,17 +90,14 @@ def test_cuda_l2_norm_token_rows_matches_cpu(lengths, dtype):
     cu = cu_seqlens_from_lengths(lengths)
     B, T, N = (2, 300, 2) if cu is None else (1, 400, len(lengths))
     args = make_inputs(B, T, 2, 64, 2, dtype=dtype, initial_state=True, n_states=N)
-    g = torch.Generator().manual_seed(5)
-    args[:2] = [(t.double() * 0.2 * 25.0 ** torch.rand(*t.shape[:-1], 1, generator=g,
-                                                       dtype=torch.float64)).to(dtype)
-                for t in args[:2]]
+    args[:2] = [raw_rows(t, seed) for t, seed in zip(args[:2], (5, 6))]
     grad_o, grad_final = make_cotangents(B, T, 2, 64, 2, N, dtype=dtype, state_dtype=args[4].dtype)
     ref64 = [t.double() for t in args]
     ref = OPS.chunk_delta_scan_fwd(*ref64, cu, 64, 1e-6)
     ref_grads = OPS.chunk_delta_scan_bwd(grad_o.double(), grad_final.double(), *ref64[:6], ref[2],
                                          cu, 64, 1e-6)
     dev = [t.cuda() for t in args]
-    dev[:2] = [_token_rows(t) for t in dev[:2]]
+    dev[:2] = [token_rows(t, seed) for t, seed in zip(dev[:2], (7, 8))]
     cu_d = None if cu is None else cu.cuda()
     out = OPS.chunk_delta_scan_fwd(*dev, cu_d, 64, 1e-6)
     grads = OPS.chunk_delta_scan_bwd(grad_o.cuda(), grad_final.cuda(), *dev[:6], out[2], cu_d, 64,
@@ -120,7 +109,7 @@ def test_cuda_l2_norm_token_rows_matches_cpu(lengths, dtype):
 
 def test_cuda_opcheck_l2_norm_token_rows():
     args = [t.cuda() for t in make_inputs(2, 19, 2, 8, 2, dtype=torch.float32, initial_state=True)]
-    args[:2] = [_token_rows(t * 3.0) for t in args[:2]]
+    args[:2] = [token_rows(raw_rows(t, seed), seed) for t, seed in zip(args[:2], (1, 2))]
     args = [t.requires_grad_() for t in args]
     torch.library.opcheck(OPS.chunk_delta_scan_fwd.default, (*args, None, 8, 1e-6))
     det = [t.detach() for t in args]

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import cdssm.ops  # noqa: E402,F401  (loads the op library)
 from cdssm.files import write_json  # noqa: E402
 from scan_cases import (cu_seqlens_from_lengths, make_cotangents, make_inputs,  # noqa: E402
-                        relative_error)
+                        raw_rows, relative_error, token_rows)
 
 OPS = torch.ops.cdssm
 # ‖out − ref‖ / ‖ref‖ allowed per dtype (outputs are rounded to the dtype; state math is fp32).
@@ -76,21 +76,6 @@ def cases():
 L2_NORM_EPS = 1e-6  # the model's
 
 
-def _raw_rows(x, seed):
-    """x's unit rows rescaled by per-row factors in [0.2, 5) (a projection's raw rows)."""
-    g = torch.Generator().manual_seed(seed)
-    scale = 0.2 * 25.0 ** torch.rand(*x.shape[:-1], 1, generator=g, dtype=torch.float64)
-    return (x.double() * scale).to(x.dtype)
-
-
-def _token_rows(x):
-    """x (B, T, H, D) as the middle third of (B, T, 3·H·D) rows (the in_proj's k slice)."""
-    B, T, H, D = x.shape
-    wide = x.new_empty(B, T, 3 * H * D).normal_()
-    wide[..., H * D:2 * H * D] = x.flatten(2)
-    return wide[..., H * D:2 * H * D].view(B, T, H, D)
-
-
 def _poison_cuda_allocator(nbytes=1 << 30):
     """Fill the caching allocator's free blocks with NaN so unwritten outputs are visible."""
     torch.empty(nbytes // 4, device="cuda").fill_(float("nan"))
@@ -106,14 +91,14 @@ def run_case(case, seed):
                                          seed=seed + 1)
     eps = L2_NORM_EPS if name == "l2_rows" else None
     if eps is not None:
-        q, k = _raw_rows(q, seed + 2), _raw_rows(k, seed + 3)
+        q, k = raw_rows(q, seed + 2), raw_rows(k, seed + 3)
     cpu64 = [None if t is None else t.double() for t in (q, k, v, beta, ld, ph, s0)]
     ref_fwd = OPS.chunk_delta_scan_fwd(*cpu64, cu, C, eps)
     ref_bwd = OPS.chunk_delta_scan_bwd(grad_o.double(), grad_final.double(), *cpu64[:6], ref_fwd[2],
                                        cu, C, eps)
     dev = [None if t is None else t.cuda() for t in (q, k, v, beta, ld, ph, s0)]
     if eps is not None:
-        dev[:2] = [_token_rows(t) for t in dev[:2]]
+        dev[:2] = [token_rows(dev[0], seed + 4), token_rows(dev[1], seed + 5)]
     cu_d = None if cu is None else cu.cuda()
     _poison_cuda_allocator()
     fwd = OPS.chunk_delta_scan_fwd(*dev, cu_d, C, eps)
