@@ -85,7 +85,8 @@ struct Sequences {
 
 // The inputs in canonical layout (csrc/ops.cpp) and the sizes. q and k are token rows: row
 // (tok, h) at tok·q_st + h·D (a slice of a wider projection is read in place); with `normalize`
-// the kernels scale each row to x / √(Σ x² + l2_eps) as they load it. dq, dk are contiguous.
+// the kernels scale each row to x / √(Σ x² + l2_eps) as they load it, and chunk_bwd returns the
+// raw rows' gradients. dq, dk are contiguous.
 template <typename scalar_t, typename acc_t>
 struct Inputs {
   const scalar_t *q, *k, *v, *beta;
@@ -149,77 +150,125 @@ __device__ inline void* block_scratch(void* global_scratch, int64_t bytes) {
 template <typename T>
 __host__ __device__ constexpr int row_stride(int D) { return sizeof(T) == 2 ? D + 8 : D + 1; }
 
-// Rows t < m of a tile (row stride L) scaled in place to x / √(Σ_d x_d² + eps), in acc_t and
-// rounded to the tile's dtype (the model's l2_normalize); one warp per row.
-template <typename scalar_t, typename acc_t>
-__device__ void normalize_rows(scalar_t* tile, int m, int D, int L, acc_t eps) {
-  const int lane = threadIdx.x % 32;
-  for (int t = threadIdx.x / 32; t < m; t += blockDim.x / 32) {
-    scalar_t* row = tile + t * L;
-    acc_t ss = 0;
-    for (int d = lane; d < D; d += 32) {
-      const acc_t x = to_acc(row[d]);
-      ss += x * x;
-    }
+// Row-wise work on (token, head) rows of D elements: the kRowLanes consecutive lanes of a warp
+// that share a row take its granules of 8 elements in turn (lane l: granules l, l + kRowLanes,
+// ...), loaded as one 16-byte access for 2-byte types when the row allows it, and reduce a row
+// sum with three xor-shuffles. Callers loop with a trip count that is the same for the whole
+// block, so that every lane takes part in every shuffle.
+constexpr int kRowLanes = 8, kGranule = 8;
+
+template <typename acc_t>
+__device__ inline acc_t row_sum(acc_t x) {
 #pragma unroll
-    for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    const acc_t r = rsqrt(ss + eps);
-    for (int d = lane; d < D; d += 32) row[d] = from_acc<scalar_t>(to_acc(row[d]) * r);
+  for (int o = 1; o < kRowLanes; o *= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Whether a row's granules can move as 16-byte packs: 2-byte elements, D and the row stride st
+// multiples of 8, the base 16-byte aligned.
+template <typename scalar_t>
+__device__ inline bool granule_rows(const scalar_t* base, int D, int64_t st) {
+  return sizeof(scalar_t) == 2 && D % kGranule == 0 && st % kGranule == 0 &&
+         reinterpret_cast<uintptr_t>(base) % 16 == 0;
+}
+
+// x[e] = p[e] for e < n (≤ kGranule), 0 beyond; one 16-byte load when vec.
+template <typename scalar_t, typename acc_t>
+__device__ inline void load_granule(acc_t (&x)[kGranule], const scalar_t* p, int n, bool vec) {
+  if (sizeof(scalar_t) == 2 && vec) {
+    const auto v = dev::load_pack<scalar_t, kGranule>(p);
+#pragma unroll
+    for (int e = 0; e < kGranule; ++e) x[e] = to_acc(v.v[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < kGranule; ++e) x[e] = e < n ? to_acc(p[e]) : acc_t(0);
+  }
+}
+template <typename scalar_t, typename acc_t>
+__device__ inline void store_granule(scalar_t* p, const acc_t (&x)[kGranule], int n, bool vec) {
+  if (sizeof(scalar_t) == 2 && vec) {
+    dev::Pack<scalar_t, kGranule> v;
+#pragma unroll
+    for (int e = 0; e < kGranule; ++e) v.v[e] = from_acc<scalar_t>(x[e]);
+    dev::store_pack<scalar_t, kGranule>(p, v);
+  } else {
+#pragma unroll
+    for (int e = 0; e < kGranule; ++e)
+      if (e < n) p[e] = from_acc<scalar_t>(x[e]);
   }
 }
 
-// dst[t·row_stride(D) + d] = row (tok0 + t, h) of src (token stride st), t < m, in the input
-// dtype (16-byte copies when rows are whole, aligned granules), normalised when in.normalize;
-// rows m..C − 1 zero (so that whole 16-row blocks of the tile can feed the tensor cores).
+// dst[t·row_stride(D) + d] = row (tok0 + t, h) of src (token stride st) for t < m, zero for
+// m ≤ t < C (so that whole 16-row blocks of the tile can feed the tensor cores), in the input
+// dtype. With in.normalize each row is scaled to x / √(Σ_d x_d² + eps) on the way (fp32 sum of
+// squares, rounded to the input dtype: the model's l2_normalize), so no pass over the tile and
+// no barrier is added for it.
 template <typename scalar_t, typename acc_t>
 __device__ void load_rows(scalar_t* dst, const scalar_t* src, int64_t st, const Inputs<scalar_t, acc_t>& in,
                           int64_t tok0, int m, int h) {
-  const int D = in.D, L = row_stride<scalar_t>(D);
-  constexpr int g = 16 / sizeof(scalar_t);
+  const int D = in.D, L = row_stride<scalar_t>(D), C = in.C;
   src += tok0 * st + static_cast<int64_t>(h) * D;
-  if (sizeof(scalar_t) == 2 && D % g == 0 && st % g == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    for (int i = threadIdx.x; i < m * (D / g); i += blockDim.x) {
-      const int t = i / (D / g), d = (i % (D / g)) * g;
-      dev::store_pack<scalar_t, g>(dst + t * L + d, dev::load_pack<scalar_t, g>(src + t * st + d));
+  const bool vec = granule_rows(src, D, st);  // the tile's rows (stride D + 8) are then whole granules too
+  const int span = kRowLanes * C, step = static_cast<int>(blockDim.x);
+  for (int i0 = 0; i0 < span; i0 += step) {  // the same trip count for every thread
+    const int i = i0 + static_cast<int>(threadIdx.x), t = i / kRowLanes, l = i % kRowLanes;
+    acc_t ss = 0;
+    for (int d = kGranule * l; t < C && d < D; d += kGranule * kRowLanes) {
+      acc_t x[kGranule];
+      load_granule(x, src + t * st + d, t < m ? min(kGranule, D - d) : 0, vec && t < m);
+#pragma unroll
+      for (int e = 0; e < kGranule; ++e) ss += x[e] * x[e];
+      store_granule(dst + t * L + d, x, min(kGranule, D - d), vec);
     }
-  } else {
-    for (int i = threadIdx.x; i < m * D; i += blockDim.x) {
-      const int t = i / D, d = i % D;
-      dst[t * L + d] = src[t * st + d];
+    if (!in.normalize) continue;
+    const acc_t r = rsqrt(row_sum(ss) + in.l2_eps);
+    for (int d = kGranule * l; t < m && d < D; d += kGranule * kRowLanes) {  // this lane's own granules
+      acc_t x[kGranule];
+      load_granule(x, dst + t * L + d, min(kGranule, D - d), vec);
+#pragma unroll
+      for (int e = 0; e < kGranule; ++e) x[e] *= r;
+      store_granule(dst + t * L + d, x, min(kGranule, D - d), vec);
     }
-  }
-  for (int i = threadIdx.x; i < (in.C - m) * D; i += blockDim.x) dst[(m + i / D) * L + i % D] = from_acc<scalar_t>(acc_t(0));
-  if (in.normalize) {
-    __syncthreads();
-    normalize_rows(dst, m, D, L, in.l2_eps);
   }
 }
 
-// dx ← r (dx − x̂ (x̂·dx)), x̂ = r x, r = 1/√(Σ x² + eps), in place over the contiguous (B·T, H, D)
-// gradient dx of the normalised rows, x the raw token rows (stride st): the raw rows' gradient.
-// One warp per (token, head) row.
+// dx ← r (dx − x̂ (x̂·dx)), x̂ = r x, r = 1/√(Σ x² + eps): the raw row x's gradient from its
+// normalised row's, in place, for rows t < m of a chunk (x: token rows of stride st; dx:
+// contiguous (B·T, H, D), as the products wrote it). kRowLanes lanes per row; all threads call it.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(256) l2_normalize_bwd_kernel(const scalar_t* x, int64_t st,
-                                                               scalar_t* dx, int64_t rows, int H,
-                                                               int D, acc_t eps) {
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows; r += warps) {
-    const scalar_t* xr = x + (r / H) * st + (r % H) * D;
-    scalar_t* g = dx + r * D;
+__device__ void l2_normalize_bwd_rows(const scalar_t* x, int64_t st, scalar_t* dx, int64_t tok0,
+                                      int m, int h, int H, int D, int C, acc_t eps) {
+  x += tok0 * st + static_cast<int64_t>(h) * D;
+  dx += (tok0 * H + h) * D;
+  const int64_t dst = static_cast<int64_t>(H) * D;
+  const bool vec = granule_rows(x, D, st) && granule_rows(dx, D, dst);
+  const int span = kRowLanes * C, step = static_cast<int>(blockDim.x);
+  for (int i0 = 0; i0 < span; i0 += step) {  // the same trip count for every thread
+    const int i = i0 + static_cast<int>(threadIdx.x), t = i / kRowLanes, l = i % kRowLanes;
+    const scalar_t* xr = x + t * st;
+    scalar_t* g = dx + t * dst;
     acc_t ss = 0, dot = 0;
-    for (int d = lane; d < D; d += 32) {
-      const acc_t xv = to_acc(xr[d]);
-      ss += xv * xv;
-      dot += xv * to_acc(g[d]);
-    }
+    for (int d = kGranule * l; t < m && d < D; d += kGranule * kRowLanes) {
+      acc_t xv[kGranule], gv[kGranule];
+      load_granule(xv, xr + d, min(kGranule, D - d), vec);
+      load_granule(gv, g + d, min(kGranule, D - d), vec);
 #pragma unroll
-    for (int o = 16; o > 0; o /= 2) {
-      ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      for (int e = 0; e < kGranule; ++e) {
+        ss += xv[e] * xv[e];
+        dot += xv[e] * gv[e];
+      }
     }
+    ss = row_sum(ss);
+    dot = row_sum(dot);
     const acc_t rn = rsqrt(ss + eps), proj = rn * rn * dot;  // x̂·dx = r (x·dx); times r for x̂
-    for (int d = lane; d < D; d += 32) g[d] = from_acc<scalar_t>(rn * (to_acc(g[d]) - proj * to_acc(xr[d])));
+    for (int d = kGranule * l; t < m && d < D; d += kGranule * kRowLanes) {
+      acc_t xv[kGranule], gv[kGranule];
+      load_granule(xv, xr + d, min(kGranule, D - d), vec);
+      load_granule(gv, g + d, min(kGranule, D - d), vec);
+#pragma unroll
+      for (int e = 0; e < kGranule; ++e) gv[e] = rn * (gv[e] - proj * xv[e]);
+      store_granule(g + d, gv, min(kGranule, D - d), vec);
+    }
   }
 }
 
@@ -1042,19 +1091,15 @@ struct Grads {
   acc_t *dlog_decay, *dphase;
 };
 
-template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
-__global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in_,
-                                                             Sequences seq,
-                                                             const acc_t* ds_end,
-                                                             const acc_t* boundary,
-                                                             Grads<scalar_t, acc_t> gr,
-                                                             void* global_scratch) {
+// The backward of chunk c (length m) of head blockIdx.y: the body of chunk_bwd_kernel.
+template <typename scalar_t, typename acc_t, bool kSmem, int kC, int kD>
+__device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& in, const ChunkPos& c,
+                                                const int m, const acc_t* ds_end,
+                                                const acc_t* boundary,
+                                                const Grads<scalar_t, acc_t>& gr,
+                                                void* global_scratch) {
   using cx = Cx<acc_t>;
-  const auto in = fixed_sizes<kC, kD>(in_);
-  const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
-  const ChunkPos c = locate_chunk(seq, C);
-  if (c.m == 0) return;
-  const int m = c.m, LC = C + 1, LD = row_stride<scalar_t>(D);
+  const int C = in.C, D = in.D, P = in.P, h = blockIdx.y, LC = C + 1, LD = row_stride<scalar_t>(D);
   const int64_t wrow = c.row * in.H + h;
   ChunkBwdScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, ChunkBwdScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
@@ -1312,6 +1357,31 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, ac
         for (int p = 0; p < P; ++p) v += re_conj_mul(s.s0[p * D + d], s.a[p * C + t]);
         gr.dq[in.qk(c.tok0 + t, h) + d] = from_acc<scalar_t>(v);
       });
+  if (in.normalize) {  // the raw rows' gradients, from this block's rows of dq and dk just written
+    __syncthreads();
+    l2_normalize_bwd_rows(in.q, in.q_st, gr.dq, c.tok0, m, h, in.H, D, C, in.l2_eps);
+    l2_normalize_bwd_rows(in.k, in.k_st, gr.dk, c.tok0, m, h, in.H, D, C, in.l2_eps);
+  }
+}
+
+// With C fixed (kC > 0), full chunks (m = C, all of them when T is a multiple of C and there are
+// no cu_seqlens) run an inlined copy of the body in which m is that constant, so that the bounds
+// tests of its loops and accessors fold away (−10 % of this kernel's time on an H100); the
+// other chunks run the general copy. Both compute the same values in the same order.
+template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
+__global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in_,
+                                                             Sequences seq,
+                                                             const acc_t* ds_end,
+                                                             const acc_t* boundary,
+                                                             Grads<scalar_t, acc_t> gr,
+                                                             void* global_scratch) {
+  const auto in = fixed_sizes<kC, kD>(in_);
+  const ChunkPos c = locate_chunk(seq, in.C);
+  if (c.m == 0) return;
+  if (kC > 0 && c.m == kC)
+    chunk_bwd_chunk<scalar_t, acc_t, kSmem, kC, kD>(in, c, kC, ds_end, boundary, gr, global_scratch);
+  else
+    chunk_bwd_chunk<scalar_t, acc_t, kSmem, kC, kD>(in, c, c.m, ds_end, boundary, gr, global_scratch);
 }
 
 }  // namespace cuda

@@ -96,21 +96,6 @@ cuda::Inputs<typename DeviceScalar<scalar_t>::type, at::opmath_type<scalar_t>> d
           static_cast<acc_t>(l2_norm_eps.value_or(0))};
 }
 
-// With l2_norm_eps: the gradients of the normalised rows (in dx) become the raw rows' (x).
-template <typename scalar_t>
-void l2_normalize_backward(const at::Tensor& x, at::Tensor& dx, double eps, cudaStream_t stream) {
-  using dev_t = typename DeviceScalar<scalar_t>::type;
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t rows = x.size(0) * x.size(1) * x.size(2);
-  if (rows == 0) return;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 8192));
-  cuda::l2_normalize_bwd_kernel<dev_t, acc_t><<<blocks, 256, 0, stream>>>(
-      reinterpret_cast<const dev_t*>(x.data_ptr()), token_stride(x),
-      reinterpret_cast<dev_t*>(dx.data_ptr()), rows, static_cast<int>(x.size(2)),
-      static_cast<int>(x.size(3)), static_cast<acc_t>(eps));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 // Workspace of `items` (row, head) chunks in one tensor: the map records (first, so that each
 // record starts on a 16-byte granule), then W and u_loc (forward only).
 template <typename acc_t>
@@ -253,10 +238,6 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
            cuda::ChunkBwdScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
            static_cast<const acc_t*>(ds_end_p),
            static_cast<const acc_t*>(boundary_states.data_ptr<acc_t>()), gr);
-    if (l2_norm_eps.has_value()) {
-      l2_normalize_backward<scalar_t>(q, dq, *l2_norm_eps, stream);
-      l2_normalize_backward<scalar_t>(k, dk, *l2_norm_eps, stream);
-    }
   });
   if (cu_seqlens.has_value())
     fill_nan_if_invalid({&dq, &dk, &dv, &dbeta, &dld, &dph, &dinit}, st.valid, stream);
