@@ -232,15 +232,18 @@ __device__ void load_rows(scalar_t* dst, const scalar_t* src, int64_t st, const 
   }
 }
 
-// dx ← r (dx − x̂ (x̂·dx)), x̂ = r x, r = 1/√(Σ x² + eps): the raw row x's gradient from its
-// normalised row's, in place, for rows t < m of a chunk (x: token rows of stride st; dx:
-// contiguous (B·T, H, D), as the products wrote it). kRowLanes lanes per row; all threads call it.
+// dx ← r (dx − x̂ (x̂·dx)), x̂ = r x, r = 1/√(Σ x² + in.l2_eps): the raw row x's gradient from
+// its normalised row's, in place, for rows (tok0 + t, h), t < m (x: token rows of stride st, as
+// load_rows reads them; dx: contiguous, at in.qk, as the products wrote it). kRowLanes lanes
+// per row; all threads call it.
 template <typename scalar_t, typename acc_t>
-__device__ void l2_normalize_bwd_rows(const scalar_t* x, int64_t st, scalar_t* dx, int64_t tok0,
-                                      int m, int h, int H, int D, int C, acc_t eps) {
+__device__ void l2_normalize_bwd_rows(scalar_t* dx, const scalar_t* x, int64_t st,
+                                      const Inputs<scalar_t, acc_t>& in, int64_t tok0, int m, int h) {
+  const int D = in.D, C = in.C;
+  const acc_t eps = in.l2_eps;
   x += tok0 * st + static_cast<int64_t>(h) * D;
-  dx += (tok0 * H + h) * D;
-  const int64_t dst = static_cast<int64_t>(H) * D;
+  dx += in.qk(tok0, h);
+  const int64_t dst = in.qk(1, 0);  // dx's token stride, H·D
   const bool vec = granule_rows(x, D, st) && granule_rows(dx, D, dst);
   const int span = kRowLanes * C, step = static_cast<int>(blockDim.x);
   for (int i0 = 0; i0 < span; i0 += step) {  // the same trip count for every thread
@@ -956,10 +959,10 @@ __device__ inline acc_t qk_at(const acc_t* KK, int t, int j, int C) { return KK[
 // T_real. dy (P, C) too.
 template <bool kL, typename scalar_t, typename acc_t>
 __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const scalar_t* grad_o,
-                                    const ChunkPos& c, int h, scalar_t* K, scalar_t* Q, acc_t* KK,
-                                    acc_t* T, acc_t* beta, Cx<acc_t>* G, Cx<acc_t>* gam,
+                                    const ChunkPos& c, int m, int h, scalar_t* K, scalar_t* Q,
+                                    acc_t* KK, acc_t* T, acc_t* beta, Cx<acc_t>* G, Cx<acc_t>* gam,
                                     Cx<acc_t>* dy) {
-  const int C = in.C, D = in.D, P = in.P, m = c.m;
+  const int C = in.C, D = in.D, P = in.P;
   load_rows(K, in.k, in.k_st, in, c.tok0, m, h);
   load_rows(Q, in.q, in.q_st, in, c.tok0, m, h);
   load_decay(G, in, c.tok0, m, h);
@@ -1011,7 +1014,7 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
   LocalScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, LocalScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                         C, D, P);
-  load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, grad_o, c, m, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
   w_tile<kLdm<scalar_t, kC, kD>>(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
   // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t, then db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
   decayed_adjoint(s.du, s.G, [&](int t, int j) { return qk_at(s.KK, t, j, C); }, s.dy, m, C, P);
@@ -1104,7 +1107,7 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
   ChunkBwdScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, ChunkBwdScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
       C, D, P);
-  load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, gr.grad_o, c, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, gr.grad_o, c, m, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
   for (int i = threadIdx.x; i < m * C; i += blockDim.x)
     if (i % C < m) s.dT[(i / C) * LC + i % C] = 0;
   for (int t = threadIdx.x; t < m; t += blockDim.x) s.dB[t] = 0;
@@ -1359,8 +1362,8 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
       });
   if (in.normalize) {  // the raw rows' gradients, from this block's rows of dq and dk just written
     __syncthreads();
-    l2_normalize_bwd_rows(in.q, in.q_st, gr.dq, c.tok0, m, h, in.H, D, C, in.l2_eps);
-    l2_normalize_bwd_rows(in.k, in.k_st, gr.dk, c.tok0, m, h, in.H, D, C, in.l2_eps);
+    l2_normalize_bwd_rows(gr.dq, in.q, in.q_st, in, c.tok0, m, h);
+    l2_normalize_bwd_rows(gr.dk, in.k, in.k_st, in, c.tok0, m, h);
   }
 }
 
