@@ -42,7 +42,17 @@
 namespace cdssm {
 namespace cuda {
 
-constexpr int kThreads = 256;
+// Threads per block. chunk_bwd, the largest kernel, spends most of its time in element-wise
+// passes over C × C tiles: two blocks of 16 warps per SM (the most its shared memory allows)
+// hide their latency better than two of 8 (−11 %); the other chunk kernels, whose serial phases
+// (the triangular inverse, the products' 8 warp tiles) would leave warps idle, lose with 16
+// (+23–38 %), and the state chain's steps are bound by their own dependent latency
+// (docs/cuda_scan_perf.md, Round 10).
+constexpr int kChainThreads = 256, kChunkThreads = 256, kBwdThreads = 512;
+// chunk_bwd is compiled for two blocks per SM (64 registers a thread) with fp32 accumulation:
+// left to itself ptxas takes up to 100, and one block per SM.
+template <typename acc_t>
+constexpr int kBwdBlocks = sizeof(acc_t) == 4 ? 2 : 1;
 
 using dev::Cx;
 using dev::cexp;
@@ -157,11 +167,17 @@ __host__ __device__ constexpr int row_stride(int D) { return sizeof(T) == 2 ? D 
 // block, so that every lane takes part in every shuffle.
 constexpr int kRowLanes = 8, kGranule = 8;
 
-template <typename acc_t>
-__device__ inline acc_t row_sum(acc_t x) {
+// The sum of x over each aligned group of kLanes lanes (a power of two ≤ 32), in every lane of
+// the group. Every lane of the warp must call it.
+template <int kLanes, typename acc_t>
+__device__ inline acc_t lane_sum(acc_t x) {
 #pragma unroll
-  for (int o = 1; o < kRowLanes; o *= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  for (int o = 1; o < kLanes; o *= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
+}
+template <int kLanes, typename acc_t>
+__device__ inline Cx<acc_t> lane_sum(Cx<acc_t> x) {
+  return {lane_sum<kLanes>(x.re), lane_sum<kLanes>(x.im)};
 }
 
 // Whether a row's granules can move as 16-byte packs: 2-byte elements, D and the row stride st
@@ -221,7 +237,7 @@ __device__ void load_rows(scalar_t* dst, const scalar_t* src, int64_t st, const 
       store_granule(dst + t * L + d, x, min(kGranule, D - d), vec);
     }
     if (!in.normalize) continue;
-    const acc_t r = rsqrt(row_sum(ss) + in.l2_eps);
+    const acc_t r = rsqrt(lane_sum<kRowLanes>(ss) + in.l2_eps);
     for (int d = kGranule * l; t < m && d < D; d += kGranule * kRowLanes) {  // this lane's own granules
       acc_t x[kGranule];
       load_granule(x, dst + t * L + d, min(kGranule, D - d), vec);
@@ -261,8 +277,8 @@ __device__ void l2_normalize_bwd_rows(scalar_t* dx, const scalar_t* x, int64_t s
         dot += xv[e] * gv[e];
       }
     }
-    ss = row_sum(ss);
-    dot = row_sum(dot);
+    ss = lane_sum<kRowLanes>(ss);
+    dot = lane_sum<kRowLanes>(dot);
     const acc_t rn = rsqrt(ss + eps), proj = rn * rn * dot;  // x̂·dx = r (x·dx); times r for x̂
     for (int d = kGranule * l; t < m && d < D; d += kGranule * kRowLanes) {
       acc_t xv[kGranule], gv[kGranule];
@@ -311,26 +327,20 @@ __device__ void cumulate_decay(Cx<acc_t>* G, Cx<acc_t>* gamma, int m, int C, int
   }
 }
 
-// Sum over the 4 lanes of a quad (lanes 4i..4i+3 of a warp; every lane of the warp calls it).
-template <typename acc_t>
-__device__ inline acc_t quad_sum(acc_t x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-template <typename acc_t>
-__device__ inline Cx<acc_t> quad_sum(Cx<acc_t> x) {
-  return {quad_sum(x.re), quad_sum(x.im)};
-}
+// Lanes per item of the reductions of a block of kBlock threads: C = 64 items in one pass.
+template <int kBlock>
+constexpr int kItemLanes = kBlock / 64;
 
-// Items i < n, four lanes each: partial(i, lane, quads) returns the lane's share of item i's sum
-// (terms lane, lane + 4, ...), use(i, total) runs on the first lane. All threads call it.
-template <typename V, typename Partial, typename Use>
-__device__ void quad_reduce(int n, Partial partial, Use use) {
-  for (int x0 = 0; x0 < 4 * n; x0 += blockDim.x) {
-    const int x = x0 + threadIdx.x, i = x / 4, lane = x % 4;
+// Items i < n, kLanes lanes each: partial(i, lane) returns the lane's share of item i's sum
+// (terms lane, lane + kLanes, ...), use(i, total) runs on the group's first lane. All threads
+// call it.
+template <int kLanes, typename V, typename Partial, typename Use>
+__device__ void lane_reduce(int n, Partial partial, Use use) {
+  for (int x0 = 0; x0 < kLanes * n; x0 += blockDim.x) {
+    const int x = x0 + threadIdx.x, i = x / kLanes, lane = x % kLanes;
     V acc = V();
     if (i < n) acc = partial(i, lane);
-    acc = quad_sum(acc);
+    acc = lane_sum<kLanes>(acc);
     if (i < n && lane == 0) use(i, acc);
   }
 }
@@ -523,7 +533,7 @@ __device__ void load_state(Cx<acc_t>* s, const acc_t* src, int P, int D) {
 }
 template <typename acc_t>
 __device__ acc_t block_sum(acc_t x) {
-  __shared__ double partial[kThreads / 32];
+  __shared__ double partial[32];  // one per warp of the largest block
   for (int o = 16; o > 0; o /= 2) x += __shfl_down_sync(0xffffffffu, x, o);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = x;
   __syncthreads();
@@ -596,8 +606,8 @@ struct PrepareScratch {
   __host__ __device__ PrepareScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
     K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
-    W = c.take<acc_t>(int64_t(C) * (D + 1));
-    KK = c.take<acc_t>(int64_t(C) * (C + 1));
+    KK = c.take<acc_t>(int64_t(C) * ((C > D ? C : D) + 1));
+    W = KK;  // KK is dead once T_real is formed
     T = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
@@ -642,10 +652,10 @@ struct ChunkWork {
 };
 
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
-__global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t, acc_t> in_,
-                                                                 Sequences seq,
-                                                                 ChunkWork<acc_t> ws,
-                                                                 void* global_scratch) {
+__global__ void __launch_bounds__(kChunkThreads) chunk_prepare_kernel(Inputs<scalar_t, acc_t> in_,
+                                                                      Sequences seq,
+                                                                      ChunkWork<acc_t> ws,
+                                                                      void* global_scratch) {
   const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
@@ -672,13 +682,14 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
   const int64_t wrow = c.row * in.H + h;
   w_tile<kLdm<scalar_t, kC, kD>>(s.W, ws.W + wrow * C * D, s.T, s.beta, s.K, m, C, D);
   // u_loc_t = Σ_{j≤t} E_tj T_tj β_j v^c_j;  eu_t = E_{n−1,t} u_loc_t.
-  quad_reduce<Cx<acc_t>>(
+  constexpr int kRow = kItemLanes<kChunkThreads>;
+  lane_reduce<kRow, Cx<acc_t>>(
       m * P,
       [&](int i, int lane) {
         const int t = i / P, p = i % P;
         const Cx<acc_t>* G = s.G + p * C;
         Cx<acc_t> acc;
-        for (int j = lane; j <= t; j += 4) acc += edecay(G, t, j) * s.vb[j * P + p] * s.T[t * (C + 1) + j];
+        for (int j = lane; j <= t; j += kRow) acc += edecay(G, t, j) * s.vb[j * P + p] * s.T[t * (C + 1) + j];
         return acc;
       },
       [&](int i, Cx<acc_t> acc) {
@@ -688,12 +699,12 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(Inputs<scalar_t
       });
   __syncthreads();
   state_map<kLdm<scalar_t, kC, kD>, scalar_t>(ws.M(wrow), s.K, s.W, m, D);
-  quad_reduce<Cx<acc_t>>(
+  lane_reduce<kRow, Cx<acc_t>>(
       P * D,
       [&](int i, int lane) {
         const int p = i / D, d = i % D;
         Cx<acc_t> acc;
-        for (int t = lane; t < m; t += 4) acc += s.eu[t * P + p] * to_acc(s.K[t * row_stride<scalar_t>(D) + d]);
+        for (int t = lane; t < m; t += kRow) acc += s.eu[t * P + p] * to_acc(s.K[t * row_stride<scalar_t>(D) + d]);
         return acc;
       },
       [&](int i, Cx<acc_t> acc) { ws.c(wrow)[i] = acc; });
@@ -785,12 +796,12 @@ __device__ inline Cx<acc_t> chain_dot(const acc_t* Md, const acc_t* re, const ac
 }
 
 template <typename acc_t, bool kForward, bool kSmem, int kD = 0>
-__global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, int H, int D_, int P,
-                                                               int C, ChunkWork<acc_t> ws,
-                                                               const acc_t* state_in,
-                                                               acc_t* boundary, acc_t* ds_end,
-                                                               acc_t* state_out, acc_t* energy,
-                                                               void* global_scratch) {
+__global__ void __launch_bounds__(kChainThreads) state_chain_kernel(Sequences seq, int H, int D_, int P,
+                                                                    int C, ChunkWork<acc_t> ws,
+                                                                    const acc_t* state_in,
+                                                                    acc_t* boundary, acc_t* ds_end,
+                                                                    acc_t* state_out, acc_t* energy,
+                                                                    void* global_scratch) {
   // The vector path for the fixed D (whole 16-byte vectors per lane); runtime D takes the scalar one.
   constexpr bool kVec = kD > 0 && kD % (4 * (16 / sizeof(acc_t))) == 0;
   const int h = blockIdx.y, D = kD > 0 ? kD : D_;
@@ -824,7 +835,7 @@ __global__ void __launch_bounds__(kThreads) state_chain_kernel(Sequences seq, in
       if (x < items)
         acc = chain_dot<kVec>(M + d * D, s_cur + 2 * p * D, s_cur + (2 * p + 1) * D, D, lane,
                               (lane >> 1) + 2u * (d & 1));
-      acc = quad_sum(acc);
+      acc = lane_sum<4>(acc);
       if (x < items && lane == 0) {
         const Cx<acc_t> g = kForward ? sc.rec.gam(map)[p] : sc.rec.gam(map)[p].conj();
         const Cx<acc_t> s_new = g * acc + sc.rec.c(map)[item];
@@ -858,8 +869,8 @@ struct OutputScratch {
     Carve c{static_cast<unsigned char*>(base)};
     Q = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
-    W = c.take<acc_t>(int64_t(C) * (D + 1));
-    QK = c.take<acc_t>(int64_t(C) * (C + 1));
+    QK = c.take<acc_t>(int64_t(C) * ((C > D ? C : D) + 1));
+    W = QK;  // QK is formed once r = W s0 is
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     u = c.take<Cx<acc_t>>(int64_t(C) * P);
     s0 = c.take<Cx<acc_t>>(int64_t(P) * D);
@@ -868,12 +879,12 @@ struct OutputScratch {
 };
 
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
-__global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t, acc_t> in_,
-                                                                Sequences seq,
-                                                                ChunkWork<acc_t> ws,
-                                                                const acc_t* boundary,
-                                                                scalar_t* o,
-                                                                void* global_scratch) {
+__global__ void __launch_bounds__(kChunkThreads) chunk_output_kernel(Inputs<scalar_t, acc_t> in_,
+                                                                     Sequences seq,
+                                                                     ChunkWork<acc_t> ws,
+                                                                     const acc_t* boundary,
+                                                                     scalar_t* o,
+                                                                     void* global_scratch) {
   const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
@@ -890,31 +901,32 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(Inputs<scalar_t,
   for (int i = threadIdx.x; i < m * D; i += blockDim.x)
     s.W[(i / D) * (D + 1) + i % D] = ws.W[wrow * C * D + i];
   __syncthreads();
-  lower_gram<kLdm<scalar_t, kC, kD>>(s.QK, s.Q, s.K, m, C, D, false);
-  cumulate_decay(s.G, static_cast<Cx<acc_t>*>(nullptr), m, C, P);
-  __syncthreads();
-  quad_reduce<Cx<acc_t>>(
+  // r = W s0 into u (the last read of W, whose place QK takes), then u = u_loc − Γ ⊙ r.
+  constexpr int kRow = kItemLanes<kChunkThreads>;
+  lane_reduce<kRow, Cx<acc_t>>(
       m * P,
       [&](int i, int lane) {
         const int t = i / P, p = i % P;
         Cx<acc_t> r;
-        for (int d = lane; d < D; d += 4) r += s.s0[p * D + d] * s.W[t * (D + 1) + d];
+        for (int d = lane; d < D; d += kRow) r += s.s0[p * D + d] * s.W[t * (D + 1) + d];
         return r;
       },
-      [&](int i, Cx<acc_t> r) {
-        const int t = i / P, p = i % P;
-        s.u[i] = ws.ul[wrow * C * P + i] - cexp(s.G[p * C + t]) * r;
-      });
+      [&](int i, Cx<acc_t> r) { s.u[i] = r; });
+  cumulate_decay(s.G, static_cast<Cx<acc_t>*>(nullptr), m, C, P);
   __syncthreads();
-  quad_reduce<Cx<acc_t>>(
+  lower_gram<kLdm<scalar_t, kC, kD>>(s.QK, s.Q, s.K, m, C, D, false);
+  for (int i = threadIdx.x; i < m * P; i += blockDim.x)
+    s.u[i] = ws.ul[wrow * C * P + i] - cexp(s.G[(i % P) * C + i / P]) * s.u[i];
+  __syncthreads();
+  lane_reduce<kRow, Cx<acc_t>>(
       m * P,
       [&](int i, int lane) {
         const int t = i / P, p = i % P;
         const Cx<acc_t>* G = s.G + p * C;
         Cx<acc_t> qs, y;
-        for (int d = lane; d < D; d += 4) qs += s.s0[p * D + d] * to_acc(s.Q[t * row_stride<scalar_t>(D) + d]);
+        for (int d = lane; d < D; d += kRow) qs += s.s0[p * D + d] * to_acc(s.Q[t * row_stride<scalar_t>(D) + d]);
         y = cexp(G[t]) * qs;
-        for (int j = lane; j <= t; j += 4) y += edecay(G, t, j) * s.u[j * P + p] * s.QK[t * (C + 1) + j];
+        for (int j = lane; j <= t; j += kRow) y += edecay(G, t, j) * s.u[j * P + p] * s.QK[t * (C + 1) + j];
         return y;
       },
       [&](int i, Cx<acc_t> y) {
@@ -938,8 +950,8 @@ struct LocalScratch {
     Carve c{static_cast<unsigned char*>(base)};
     K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     Q = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
-    W = c.take<acc_t>(int64_t(C) * (D + 1));
-    KK = c.take<acc_t>(int64_t(C) * (C + 1));
+    KK = c.take<acc_t>(int64_t(C) * ((C > D ? C : D) + 1));
+    W = KK;  // formed once du_loc has read QK from KK
     T = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
@@ -982,17 +994,17 @@ __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const sca
 }
 
 // out_{p,j} = Σ_{t≥j} conj(E^p_tj X_tj) y_{p,t} for every pair p and j < m (pair-major, stride C):
-// the adjoint of y ↦ (X ⊙ E^p) y for a lower-triangular X(t, j).
-template <typename acc_t, typename FX>
+// the adjoint of y ↦ (X ⊙ E^p) y for a lower-triangular X(t, j); kLanes lanes per (p, j).
+template <int kLanes, typename acc_t, typename FX>
 __device__ void decayed_adjoint(Cx<acc_t>* out, const Cx<acc_t>* G, FX X, const Cx<acc_t>* y, int m,
                                 int C, int P) {
-  quad_reduce<Cx<acc_t>>(
+  lane_reduce<kLanes, Cx<acc_t>>(
       C * P,  // (p, j) = (i / C, i % C), j < m
       [&](int i, int lane) {
         const int p = i / C, j = i % C;
         const Cx<acc_t>* Gp = G + p * C;
         Cx<acc_t> acc;
-        for (int t = j + lane; t < m; t += 4) acc += (edecay(Gp, t, j) * X(t, j)).conj() * y[p * C + t];
+        for (int t = j + lane; t < m; t += kLanes) acc += (edecay(Gp, t, j) * X(t, j)).conj() * y[p * C + t];
         return acc;
       },
       [&](int i, Cx<acc_t> acc) {
@@ -1001,10 +1013,10 @@ __device__ void decayed_adjoint(Cx<acc_t>* out, const Cx<acc_t>* G, FX X, const 
 }
 
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
-__global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, acc_t> in_,
-                                                             Sequences seq, const scalar_t* grad_o,
-                                                             ChunkWork<acc_t> ws,
-                                                             void* global_scratch) {
+__global__ void __launch_bounds__(kChunkThreads) bwd_local_kernel(Inputs<scalar_t, acc_t> in_,
+                                                                  Sequences seq, const scalar_t* grad_o,
+                                                                  ChunkWork<acc_t> ws,
+                                                                  void* global_scratch) {
   const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
@@ -1015,20 +1027,23 @@ __global__ void __launch_bounds__(kThreads) bwd_local_kernel(Inputs<scalar_t, ac
       block_scratch<kSmem>(global_scratch, LocalScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                         C, D, P);
   load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, grad_o, c, m, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t (the last read of KK, whose place W takes), then
+  // db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
+  constexpr int kRow = kItemLanes<kChunkThreads>;
+  decayed_adjoint<kRow>(s.du, s.G, [&](int t, int j) { return qk_at(s.KK, t, j, C); }, s.dy, m, C, P);
+  __syncthreads();
   w_tile<kLdm<scalar_t, kC, kD>>(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
-  // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t, then db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
-  decayed_adjoint(s.du, s.G, [&](int t, int j) { return qk_at(s.KK, t, j, C); }, s.dy, m, C, P);
   __syncthreads();
   state_map<kLdm<scalar_t, kC, kD>, scalar_t>(ws.M(wrow), s.W, s.K, m, D);
-  decayed_adjoint(s.db, s.G, [&](int t, int j) { return s.T[t * LC + j]; }, s.du, m, C, P);
+  decayed_adjoint<kRow>(s.db, s.G, [&](int t, int j) { return s.T[t * LC + j]; }, s.du, m, C, P);
   __syncthreads();
   // ds_loc = Qᵀ(conj(Γ) ⊙ dy) − Kᵀ(β ⊙ conj(Γ) ⊙ db_loc)
-  quad_reduce<Cx<acc_t>>(
+  lane_reduce<kRow, Cx<acc_t>>(
       P * D,
       [&](int i, int lane) {
         const int p = i / D, d = i % D;
         Cx<acc_t> acc;
-        for (int t = lane; t < m; t += 4) {
+        for (int t = lane; t < m; t += kRow) {
           const Cx<acc_t> g = s.gam[p * C + t].conj();
           acc += g * (s.dy[p * C + t] * to_acc(s.Q[t * LD + d]) -
                       s.db[p * C + t] * (s.beta[t] * to_acc(s.K[t * LD + d])));
@@ -1054,7 +1069,7 @@ struct ChunkBwdScratch {
   Cx<acc_t> *s0, *ds;                        // (P, D)
   Cx<acc_t> *cu, *dks, *a;                   // (P, C): the rank-P parts of dK and dQ
   Cx<acc_t> *ks, *qs, *dc, *b, *u, *du, *db, *dG;  // (C), per pair
-  acc_t* red;                                         // (kThreads / 32) partial sums
+  acc_t* red;                                         // (kBwdThreads / 32) partial sums
   int64_t bytes;
   __host__ __device__ ChunkBwdScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
@@ -1082,7 +1097,7 @@ struct ChunkBwdScratch {
     du = c.take<Cx<acc_t>>(C);
     db = c.take<Cx<acc_t>>(C);
     dG = c.take<Cx<acc_t>>(C);
-    red = c.take<acc_t>(2 * kThreads / 32);
+    red = c.take<acc_t>(2 * kBwdThreads / 32);
     bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
@@ -1102,6 +1117,7 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
                                                 const Grads<scalar_t, acc_t>& gr,
                                                 void* global_scratch) {
   using cx = Cx<acc_t>;
+  constexpr int kRow = kItemLanes<kBwdThreads>;
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y, LC = C + 1, LD = row_stride<scalar_t>(D);
   const int64_t wrow = c.row * in.H + h;
   ChunkBwdScratch<scalar_t, acc_t> s(
@@ -1125,22 +1141,22 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
       if (j <= t) s.EH[t * LC + j] = edecay(G, t, j);
     }
     __syncthreads();
-    // ks_t = k_t·s0, qs_t = q_t·s0, dc_t = k_t·ds;  b_t = β_t v^c_t − β_t Γ_t ks_t (four lanes
-    // per t, each a contiguous quarter of d).
-    const int dq4 = (D + 3) / 4;
-    for (int x0 = 0; x0 < 4 * m; x0 += blockDim.x) {
-      const int x = x0 + threadIdx.x, t = x / 4, lane = x % 4;
+    // ks_t = k_t·s0, qs_t = q_t·s0, dc_t = k_t·ds;  b_t = β_t v^c_t − β_t Γ_t ks_t (kRow lanes
+    // per t, each a contiguous share of d).
+    const int dshare = (D + kRow - 1) / kRow;
+    for (int x0 = 0; x0 < kRow * m; x0 += blockDim.x) {
+      const int x = x0 + threadIdx.x, t = x / kRow, lane = x % kRow;
       cx ks, qs, dc;
       if (t < m)
-        for (int d = lane * dq4; d < min(D, (lane + 1) * dq4); ++d) {
+        for (int d = lane * dshare; d < min(D, (lane + 1) * dshare); ++d) {
           const acc_t kd = to_acc(s.K[t * LD + d]);
           ks += s0[d] * kd;
           qs += s0[d] * to_acc(s.Q[t * LD + d]);
           dc += ds[d] * kd;
         }
-      ks = quad_sum(ks);
-      qs = quad_sum(qs);
-      dc = quad_sum(dc);
+      ks = lane_sum<kRow>(ks);
+      qs = lane_sum<kRow>(qs);
+      dc = lane_sum<kRow>(dc);
       if (t < m && lane == 0) {
         const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
         const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
@@ -1151,16 +1167,17 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
       }
     }
     __syncthreads();
-    // u = (T_real ⊙ E) b;  du_j = dc_j conj(E_{m−1,j}) + Σ_{t≥j} conj(E_tj QK_tj) dy_t.
-    for (int x0 = 0; x0 < 4 * m; x0 += blockDim.x) {
-      const int x = x0 + threadIdx.x, t = x / 4, lane = x % 4;
+    // u = (T_real ⊙ E) b;  du_j = dc_j conj(E_{m−1,j}) + Σ_{t≥j} conj(E_tj QK_tj) dy_t (the two
+    // sums of a t have m + 1 terms together).
+    for (int x0 = 0; x0 < kRow * m; x0 += blockDim.x) {
+      const int x = x0 + threadIdx.x, t = x / kRow, lane = x % kRow;
       cx u, du;
       if (t < m) {
-        for (int j = lane; j <= t; j += 4) u += s.EH[t * LC + j] * s.b[j] * s.T[t * LC + j];
-        for (int l = t + lane; l < m; l += 4) du += (s.EH[l * LC + t] * qk_at(s.KK, l, t, C)).conj() * dy[l];
+        for (int j = lane; j <= t; j += kRow) u += s.EH[t * LC + j] * s.b[j] * s.T[t * LC + j];
+        for (int l = t + lane; l < m; l += kRow) du += (s.EH[l * LC + t] * qk_at(s.KK, l, t, C)).conj() * dy[l];
       }
-      u = quad_sum(u);
-      du = quad_sum(du);
+      u = lane_sum<kRow>(u);
+      du = lane_sum<kRow>(du);
       if (t < m && lane == 0) {
         s.u[t] = u;
         s.du[t] = du + s.dc[t] * s.EH[(m - 1) * LC + t].conj();
@@ -1168,11 +1185,11 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
     }
     __syncthreads();
     // db_j = Σ_{t≥j} conj(E_tj T_tj) du_t.
-    quad_reduce<cx>(
+    lane_reduce<kRow, cx>(
         m,
         [&](int j, int lane) {
           cx db;
-          for (int t = j + lane; t < m; t += 4) db += (s.EH[t * LC + j] * s.T[t * LC + j]).conj() * s.du[t];
+          for (int t = j + lane; t < m; t += kRow) db += (s.EH[t * LC + j] * s.T[t * LC + j]).conj() * s.du[t];
           return db;
         },
         [&](int j, cx db) { s.db[j] = db; });
@@ -1216,12 +1233,12 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
     // dΓ_t = dy_t conj(qs_t) − β_t conj(ks_t) db_t (+ Σ_d ds_d conj(s0_d) at t = m−1);
     // dG_t = conj(Γ_t) dΓ_t + Σ_{j<t} EH_tj − Σ_{l>t} EH_lt;  dv_t = β_t db_t;
     // dβ_t += Re(conj(v^c_t − Γ_t ks_t) db_t).
-    quad_reduce<cx>(
+    lane_reduce<kRow, cx>(
         m,
         [&](int t, int lane) {
           cx dG;
-          for (int j = lane; j < t; j += 4) dG += s.EH[t * LC + j];
-          for (int l = t + 1 + lane; l < m; l += 4) dG -= s.EH[l * LC + t];
+          for (int j = lane; j < t; j += kRow) dG += s.EH[t * LC + j];
+          for (int l = t + 1 + lane; l < m; l += kRow) dG -= s.EH[l * LC + t];
           return dG;
         },
         [&](int t, cx dG) {
@@ -1239,11 +1256,11 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
         });
     __syncthreads();
     // d log_decay + i·d phase = reverse cumsum of dG.
-    quad_reduce<cx>(
+    lane_reduce<kRow, cx>(
         m,
         [&](int t, int lane) {
           cx acc;
-          for (int l = t + lane; l < m; l += 4) acc += s.dG[l];
+          for (int l = t + lane; l < m; l += kRow) acc += s.dG[l];
           return acc;
         },
         [&](int t, cx acc) {
@@ -1310,11 +1327,11 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
   // dβ_t += Σ_j dA_tj KK_tj;  dkk_tj = β_t dA_tj (j < t), dqk = dQK (zero above the diagonal):
   // dK = (dkk + dkkᵀ) K + dqkᵀ Q (one product over the C + C rows of the K and Q tiles, which
   // lie back to back), dQ = dqk K.
-  quad_reduce<acc_t>(
+  lane_reduce<kRow, acc_t>(
       m,
       [&](int t, int lane) {
         acc_t acc = 0;
-        for (int j = lane; j < t; j += 4) acc += s.dT[t * LC + j] * s.KK[t * LC + j];
+        for (int j = lane; j < t; j += kRow) acc += s.dT[t * LC + j] * s.KK[t * LC + j];
         return acc;
       },
       [&](int t, acc_t acc) { gr.dbeta[(c.tok0 + t) * in.H + h] = from_acc<scalar_t>(acc + s.dB[t]); });
@@ -1372,12 +1389,9 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
 // tests of its loops and accessors fold away (−10 % of this kernel's time on an H100); the
 // other chunks run the general copy. Both compute the same values in the same order.
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
-__global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Inputs<scalar_t, acc_t> in_,
-                                                             Sequences seq,
-                                                             const acc_t* ds_end,
-                                                             const acc_t* boundary,
-                                                             Grads<scalar_t, acc_t> gr,
-                                                             void* global_scratch) {
+__global__ void __launch_bounds__(kBwdThreads, kBwdBlocks<acc_t>)
+    chunk_bwd_kernel(Inputs<scalar_t, acc_t> in_, Sequences seq, const acc_t* ds_end,
+                     const acc_t* boundary, Grads<scalar_t, acc_t> gr, void* global_scratch) {
   const auto in = fixed_sizes<kC, kD>(in_);
   const ChunkPos c = locate_chunk(seq, in.C);
   if (c.m == 0) return;

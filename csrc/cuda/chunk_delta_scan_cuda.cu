@@ -19,7 +19,6 @@
 namespace cdssm {
 namespace {
 
-using cuda::kThreads;
 
 // The sequence table on the device, and the number of boundary rows (the static bound).
 struct SequenceTable {
@@ -44,11 +43,11 @@ SequenceTable make_sequence_table(int64_t B, int64_t T, const std::optional<at::
   return st;
 }
 
-// Launches <<<grid, kThreads>>>(args..., scratch) with `bytes` of scratch per block: in shared
+// Launches <<<grid, threads>>>(args..., scratch) with `bytes` of scratch per block: in shared
 // memory (the kernel's kSmem = true instance, smem_kernel) when the device allows it, else in a
 // global buffer (global_kernel).
 template <typename... KArgs, typename... Args>
-void launch(void (*smem_kernel)(KArgs...), void (*global_kernel)(KArgs...), dim3 grid,
+void launch(void (*smem_kernel)(KArgs...), void (*global_kernel)(KArgs...), dim3 grid, int threads,
             int64_t bytes, const at::Tensor& like, cudaStream_t stream, Args... args) {
   if (grid.x == 0 || grid.y == 0) return;
   const int64_t smem_limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
@@ -66,7 +65,7 @@ void launch(void (*smem_kernel)(KArgs...), void (*global_kernel)(KArgs...), dim3
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));
   }
-  kernel<<<grid, kThreads, smem, stream>>>(args..., scratch);
+  kernel<<<grid, threads, smem, stream>>>(args..., scratch);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -145,17 +144,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     launch(fixed ? cuda::chunk_prepare_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_prepare_kernel<dev_t, acc_t, true>,
-           cuda::chunk_prepare_kernel<dev_t, acc_t, false>, chunks,
+           cuda::chunk_prepare_kernel<dev_t, acc_t, false>, chunks, cuda::kChunkThreads,
            cuda::PrepareScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws);
     launch(fixed ? cuda::state_chain_kernel<acc_t, true, true, 64> : cuda::state_chain_kernel<acc_t, true, true>,
            cuda::state_chain_kernel<acc_t, true, false>,
-           heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+           heads, cuda::kChainThreads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr,
            boundary.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr), final_state.data_ptr<acc_t>(),
            energy.data_ptr<acc_t>());
     launch(fixed ? cuda::chunk_output_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_output_kernel<dev_t, acc_t, true>,
-           cuda::chunk_output_kernel<dev_t, acc_t, false>, chunks,
+           cuda::chunk_output_kernel<dev_t, acc_t, false>, chunks, cuda::kChunkThreads,
            cuda::OutputScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
            static_cast<const acc_t*>(boundary.data_ptr<acc_t>()), reinterpret_cast<dev_t*>(o.data_ptr()));
   });
@@ -215,11 +214,11 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
     const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     const dev_t* go = reinterpret_cast<const dev_t*>(grad_o.data_ptr());
     launch(fixed ? cuda::bwd_local_kernel<dev_t, acc_t, true, 64, 64> : cuda::bwd_local_kernel<dev_t, acc_t, true>,
-           cuda::bwd_local_kernel<dev_t, acc_t, false>, chunks,
+           cuda::bwd_local_kernel<dev_t, acc_t, false>, chunks, cuda::kChunkThreads,
            cuda::LocalScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, go, ws);
     launch(fixed ? cuda::state_chain_kernel<acc_t, false, true, 64> : cuda::state_chain_kernel<acc_t, false, true>,
            cuda::state_chain_kernel<acc_t, false, false>,
-           heads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
+           heads, cuda::kChainThreads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
            q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
            grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
            static_cast<acc_t*>(nullptr), ds_end_p, dinit.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr));
@@ -234,7 +233,7 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
                                        reinterpret_cast<dev_t*>(dbeta.data_ptr()),
                                        dld.data_ptr<acc_t>(), dph.data_ptr<acc_t>()};
     launch(fixed ? cuda::chunk_bwd_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_bwd_kernel<dev_t, acc_t, true>,
-           cuda::chunk_bwd_kernel<dev_t, acc_t, false>, chunks,
+           cuda::chunk_bwd_kernel<dev_t, acc_t, false>, chunks, cuda::kBwdThreads,
            cuda::ChunkBwdScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq,
            static_cast<const acc_t*>(ds_end_p),
            static_cast<const acc_t*>(boundary_states.data_ptr<acc_t>()), gr);
