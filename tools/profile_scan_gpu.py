@@ -1,6 +1,9 @@
 """One fwd+bwd of chunk_delta_scan (bf16, B=1, T=32768, H=24, D=64, P=1 by default), for profilers.
 
-Example: ncu --clock-control none -k regex:chunk_bwd -c 1 python tools/profile_scan_gpu.py
+With --l2-rows the scan runs as the block calls it (raw q, k rows normalised inside the kernels;
+see bench_scan_gpu.py).
+
+Example: ncu --clock-control none -k regex:chunk_bwd -c 1 python tools/profile_scan_gpu.py --l2-rows
 """
 
 import argparse
@@ -17,9 +20,11 @@ def main():
     parser.add_argument("--T", type=int, default=32768)
     parser.add_argument("--H", type=int, default=24)
     parser.add_argument("--P", type=int, default=1)
+    parser.add_argument("--l2-rows", action="store_true", help="raw q, k rows normalised inside the kernels")
     args = parser.parse_args()
-    inputs = scan_inputs(args.B, args.T, args.H, 64, args.P, torch.bfloat16)
-    o, final = chunk_delta_scan(*inputs, output_final_state=True)
+    inputs = scan_inputs(args.B, args.T, args.H, 64, args.P, torch.bfloat16, args.l2_rows)
+    eps = 1e-6 if args.l2_rows else None
+    o, final = chunk_delta_scan(*inputs, output_final_state=True, l2_norm_eps=eps)
     torch.autograd.backward([o, final], [torch.randn_like(o), torch.ones_like(final)])
     torch.cuda.synchronize()
 
