@@ -49,10 +49,12 @@ namespace cuda {
 // (+23–38 %), and the state chain's steps are bound by their own dependent latency
 // (docs/cuda_scan_perf.md, Round 10).
 constexpr int kChainThreads = 256, kChunkThreads = 256, kBwdThreads = 512;
-// chunk_bwd is compiled for two blocks per SM (64 registers a thread) with fp32 accumulation:
-// left to itself ptxas takes up to 100, and one block per SM.
-template <typename acc_t>
-constexpr int kBwdBlocks = sizeof(acc_t) == 4 ? 2 : 1;
+// The blocks per SM a kernel is compiled for (__launch_bounds__' minimum, which caps its
+// registers at 64 K / (kBlocks · threads)) with fp32 accumulation; fp64 instances keep the
+// registers they need. Left to itself ptxas gives chunk_bwd (512 threads) up to 100 registers,
+// one block per SM, and bwd_local 59, four blocks where its shared memory allows five.
+template <typename acc_t, int kBlocks>
+constexpr int kFp32Blocks = sizeof(acc_t) == 4 ? kBlocks : 1;
 
 using dev::Cx;
 using dev::cexp;
@@ -949,10 +951,14 @@ struct LocalScratch {
   __host__ __device__ LocalScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
     K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
-    Q = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
+    // Q is dead once QK and Qᵀ(conj(Γ) ⊙ dy) are formed: T_real takes its place.
+    const int64_t q_bytes = int64_t(C) * row_stride<scalar_t>(D) * sizeof(scalar_t),
+                  t_bytes = int64_t(C) * (C + 1) * sizeof(acc_t);
+    unsigned char* qt = c.take<unsigned char>(q_bytes > t_bytes ? q_bytes : t_bytes);
+    Q = reinterpret_cast<scalar_t*>(qt);
+    T = reinterpret_cast<acc_t*>(qt);
     KK = c.take<acc_t>(int64_t(C) * ((C > D ? C : D) + 1));
     W = KK;  // formed once du_loc has read QK from KK
-    T = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     gam = c.take<Cx<acc_t>>(int64_t(C) * P);
@@ -968,11 +974,11 @@ template <typename acc_t>
 __device__ inline acc_t qk_at(const acc_t* KK, int t, int j, int C) { return KK[j * (C + 1) + t]; }
 
 // K, Q, β into scratch; KK (strict) and QKᵀ (inclusive) into one tile; G cumulated with Γ;
-// T_real. dy (P, C) too.
+// dy (P, C) too. Ends with a barrier; T_real is the caller's next step.
 template <bool kL, typename scalar_t, typename acc_t>
-__device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const scalar_t* grad_o,
+__device__ void load_backward_tiles(const Inputs<scalar_t, acc_t>& in, const scalar_t* grad_o,
                                     const ChunkPos& c, int m, int h, scalar_t* K, scalar_t* Q,
-                                    acc_t* KK, acc_t* T, acc_t* beta, Cx<acc_t>* G, Cx<acc_t>* gam,
+                                    acc_t* KK, acc_t* beta, Cx<acc_t>* G, Cx<acc_t>* gam,
                                     Cx<acc_t>* dy) {
   const int C = in.C, D = in.D, P = in.P;
   load_rows(K, in.k, in.k_st, in, c.tok0, m, h);
@@ -988,8 +994,6 @@ __device__ void load_backward_chunk(const Inputs<scalar_t, acc_t>& in, const sca
   lower_gram<kL>(KK, K, K, m, C, D, true);
   lower_gram<kL>(KK, Q, K, m, C, D, false, true);
   cumulate_decay(G, gam, m, C, P);
-  __syncthreads();
-  unit_lower_inverse<scalar_t>(T, KK, beta, m, C);
   __syncthreads();
 }
 
@@ -1013,10 +1017,9 @@ __device__ void decayed_adjoint(Cx<acc_t>* out, const Cx<acc_t>* G, FX X, const 
 }
 
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
-__global__ void __launch_bounds__(kChunkThreads) bwd_local_kernel(Inputs<scalar_t, acc_t> in_,
-                                                                  Sequences seq, const scalar_t* grad_o,
-                                                                  ChunkWork<acc_t> ws,
-                                                                  void* global_scratch) {
+__global__ void __launch_bounds__(kChunkThreads, (kFp32Blocks<acc_t, 5>))
+    bwd_local_kernel(Inputs<scalar_t, acc_t> in_, Sequences seq, const scalar_t* grad_o,
+                     ChunkWork<acc_t> ws, void* global_scratch) {
   const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
@@ -1026,10 +1029,24 @@ __global__ void __launch_bounds__(kChunkThreads) bwd_local_kernel(Inputs<scalar_
   LocalScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, LocalScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                         C, D, P);
-  load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, grad_o, c, m, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  load_backward_tiles<kLdm<scalar_t, kC, kD>>(in, grad_o, c, m, h, s.K, s.Q, s.KK, s.beta, s.G, s.gam, s.dy);
+  // ds_loc = Qᵀ(conj(Γ) ⊙ dy) − Kᵀ(β ⊙ conj(Γ) ⊙ db_loc): the first term now (the last read of Q,
+  // whose place T_real takes), into the map record's c; the second is subtracted at the end.
+  constexpr int kRow = kItemLanes<kChunkThreads>;
+  lane_reduce<kRow, Cx<acc_t>>(
+      P * D,
+      [&](int i, int lane) {
+        const int p = i / D, d = i % D;
+        Cx<acc_t> acc;
+        for (int t = lane; t < m; t += kRow) acc += s.gam[p * C + t].conj() * s.dy[p * C + t] * to_acc(s.Q[t * LD + d]);
+        return acc;
+      },
+      [&](int i, Cx<acc_t> acc) { ws.c(wrow)[i] = acc; });
+  __syncthreads();
+  unit_lower_inverse<scalar_t>(s.T, s.KK, s.beta, m, C);
+  __syncthreads();
   // du_loc_j = Σ_{t≥j} conj(E_tj QK_tj) dy_t (the last read of KK, whose place W takes), then
   // db_loc_j = Σ_{t≥j} conj(E_tj T_tj) du_loc_t
-  constexpr int kRow = kItemLanes<kChunkThreads>;
   decayed_adjoint<kRow>(s.du, s.G, [&](int t, int j) { return qk_at(s.KK, t, j, C); }, s.dy, m, C, P);
   __syncthreads();
   w_tile<kLdm<scalar_t, kC, kD>>(s.W, static_cast<acc_t*>(nullptr), s.T, s.beta, s.K, m, C, D);
@@ -1037,20 +1054,17 @@ __global__ void __launch_bounds__(kChunkThreads) bwd_local_kernel(Inputs<scalar_
   state_map<kLdm<scalar_t, kC, kD>, scalar_t>(ws.M(wrow), s.W, s.K, m, D);
   decayed_adjoint<kRow>(s.db, s.G, [&](int t, int j) { return s.T[t * LC + j]; }, s.du, m, C, P);
   __syncthreads();
-  // ds_loc = Qᵀ(conj(Γ) ⊙ dy) − Kᵀ(β ⊙ conj(Γ) ⊙ db_loc)
+  // ds_loc's second term, Kᵀ(β ⊙ conj(Γ) ⊙ db_loc)
   lane_reduce<kRow, Cx<acc_t>>(
       P * D,
       [&](int i, int lane) {
         const int p = i / D, d = i % D;
         Cx<acc_t> acc;
-        for (int t = lane; t < m; t += kRow) {
-          const Cx<acc_t> g = s.gam[p * C + t].conj();
-          acc += g * (s.dy[p * C + t] * to_acc(s.Q[t * LD + d]) -
-                      s.db[p * C + t] * (s.beta[t] * to_acc(s.K[t * LD + d])));
-        }
+        for (int t = lane; t < m; t += kRow)
+          acc += s.gam[p * C + t].conj() * s.db[p * C + t] * (s.beta[t] * to_acc(s.K[t * LD + d]));
         return acc;
       },
-      [&](int i, Cx<acc_t> acc) { ws.c(wrow)[i] = acc; });
+      [&](int i, Cx<acc_t> acc) { ws.c(wrow)[i] -= acc; });
   for (int p = threadIdx.x; p < P; p += blockDim.x) ws.gam_end(wrow)[p] = s.gam[p * C + m - 1];
 }
 
@@ -1123,7 +1137,9 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
   ChunkBwdScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, ChunkBwdScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
       C, D, P);
-  load_backward_chunk<kLdm<scalar_t, kC, kD>>(in, gr.grad_o, c, m, h, s.K, s.Q, s.KK, s.T, s.beta, s.G, s.gam, s.dy);
+  load_backward_tiles<kLdm<scalar_t, kC, kD>>(in, gr.grad_o, c, m, h, s.K, s.Q, s.KK, s.beta, s.G, s.gam, s.dy);
+  unit_lower_inverse<scalar_t>(s.T, s.KK, s.beta, m, C);
+  __syncthreads();
   for (int i = threadIdx.x; i < m * C; i += blockDim.x)
     if (i % C < m) s.dT[(i / C) * LC + i % C] = 0;
   for (int t = threadIdx.x; t < m; t += blockDim.x) s.dB[t] = 0;
@@ -1389,7 +1405,7 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
 // tests of its loops and accessors fold away (−10 % of this kernel's time on an H100); the
 // other chunks run the general copy. Both compute the same values in the same order.
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
-__global__ void __launch_bounds__(kBwdThreads, kBwdBlocks<acc_t>)
+__global__ void __launch_bounds__(kBwdThreads, (kFp32Blocks<acc_t, 2>))
     chunk_bwd_kernel(Inputs<scalar_t, acc_t> in_, Sequences seq, const acc_t* ds_end,
                      const acc_t* boundary, Grads<scalar_t, acc_t> gr, void* global_scratch) {
   const auto in = fixed_sizes<kC, kD>(in_);
