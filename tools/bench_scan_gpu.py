@@ -42,10 +42,15 @@ def scan_inputs(B, T, H, D, P, dtype, l2_rows, seed=0):
     return [t.requires_grad_() for t in (q, k, v, beta, log_decay, phase, s0)]
 
 
+def scan_options(l2_rows):
+    """chunk_delta_scan's keyword arguments for these inputs (normalised inside with l2_rows)."""
+    return dict(output_final_state=True, l2_norm_eps=1e-6 if l2_rows else None)
+
+
 def bench_one(B, T, H, D, P, dtype, l2_rows, warmup, repeats):
     args = scan_inputs(B, T, H, D, P, dtype, l2_rows)
     grad_o = torch.randn(B, T, H, P, 2, device="cuda").to(dtype)
-    options = dict(output_final_state=True, l2_norm_eps=1e-6 if l2_rows else None)
+    options = scan_options(l2_rows)
 
     def fwd():
         with torch.no_grad():

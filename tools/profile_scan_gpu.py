@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from bench_scan_gpu import scan_inputs
+from bench_scan_gpu import scan_inputs, scan_options
 from cdssm.ops import chunk_delta_scan
 
 
@@ -23,8 +23,7 @@ def main():
     parser.add_argument("--l2-rows", action="store_true", help="raw q, k rows normalised inside the kernels")
     args = parser.parse_args()
     inputs = scan_inputs(args.B, args.T, args.H, 64, args.P, torch.bfloat16, args.l2_rows)
-    eps = 1e-6 if args.l2_rows else None
-    o, final = chunk_delta_scan(*inputs, output_final_state=True, l2_norm_eps=eps)
+    o, final = chunk_delta_scan(*inputs, **scan_options(args.l2_rows))
     torch.autograd.backward([o, final], [torch.randn_like(o), torch.ones_like(final)])
     torch.cuda.synchronize()
 

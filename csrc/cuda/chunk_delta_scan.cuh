@@ -162,6 +162,12 @@ __device__ inline void* block_scratch(void* global_scratch, int64_t bytes) {
 template <typename T>
 __host__ __device__ constexpr int row_stride(int D) { return sizeof(T) == 2 ? D + 8 : D + 1; }
 
+// Words of a tile of C rows that holds a C × C Gram matrix (row stride C + 1) during one phase
+// of a kernel and the D-wide W (row stride D + 1) during a later one.
+__host__ __device__ constexpr int64_t gram_or_w_words(int C, int D) {
+  return int64_t(C) * ((C > D ? C : D) + 1);
+}
+
 // Row-wise work on (token, head) rows of D elements: the kRowLanes consecutive lanes of a warp
 // that share a row take its granules of 8 elements in turn (lane l: granules l, l + kRowLanes,
 // ...), loaded as one 16-byte access for 2-byte types when the row allows it, and reduce a row
@@ -608,7 +614,7 @@ struct PrepareScratch {
   __host__ __device__ PrepareScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
     K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
-    KK = c.take<acc_t>(int64_t(C) * ((C > D ? C : D) + 1));
+    KK = c.take<acc_t>(gram_or_w_words(C, D));
     W = KK;  // KK is dead once T_real is formed
     T = c.take<acc_t>(int64_t(C) * (C + 1));
     beta = c.take<acc_t>(C);
@@ -871,7 +877,7 @@ struct OutputScratch {
     Carve c{static_cast<unsigned char*>(base)};
     Q = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
     K = c.take<scalar_t>(int64_t(C) * row_stride<scalar_t>(D));
-    QK = c.take<acc_t>(int64_t(C) * ((C > D ? C : D) + 1));
+    QK = c.take<acc_t>(gram_or_w_words(C, D));
     W = QK;  // QK is formed once r = W s0 is
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     u = c.take<Cx<acc_t>>(int64_t(C) * P);
@@ -957,7 +963,7 @@ struct LocalScratch {
     unsigned char* qt = c.take<unsigned char>(q_bytes > t_bytes ? q_bytes : t_bytes);
     Q = reinterpret_cast<scalar_t*>(qt);
     T = reinterpret_cast<acc_t*>(qt);
-    KK = c.take<acc_t>(int64_t(C) * ((C > D ? C : D) + 1));
+    KK = c.take<acc_t>(gram_or_w_words(C, D));
     W = KK;  // formed once du_loc has read QK from KK
     beta = c.take<acc_t>(C);
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
