@@ -24,6 +24,11 @@ CASES = [
     (2, 300, 2, 64, 4, 64, "random", None),
     (1, 63, 2, 8, 8, 16, "small", [5, 0, 40, 17, 1]),
     (1, 400, 2, 64, 2, 64, "random", [100, 0, 230, 64, 6]),
+    # ≥ 128 chunks in few chains: the two-level state chain (segments of ⌈√chunks⌉ chunks, the
+    # last one partial; an empty sequence and one shorter than a segment)
+    (2, 1100, 2, 16, 2, 8, "near_one", None),
+    (1, 1500, 2, 16, 2, 8, "random", [700, 0, 13, 787]),
+    (1, 8320, 1, 64, 1, 64, "near_one", None),
 ]
 
 

@@ -69,6 +69,8 @@ def cases():
                     [100, 0, 3000, 64, 1, 836]))
         out.append(("long", dtype, 1, 32768, 2, 64, 1, 64, "random", True, None))
         out.append(("long_slow", dtype, 1, 32768, 2, 64, 2, 64, "near_one", True, None))
+        out.append(("long_varlen", dtype, 1, 20000, 2, 64, 2, 64, "random", True,
+                    [9000, 0, 37, 10963]))
     out.append(("fp16", torch.float16, 2, 500, 2, 64, 2, 64, "random", True, None))
     return out
 

@@ -1,8 +1,9 @@
 """A small chunk_delta_scan fwd+bwd on CUDA for compute-sanitizer (every kernel of the scan runs).
 
 bf16 and float32, B=2, T=200, H=2, D=64, P=2 with an initial state, then varlen (cu_seqlens
-with an empty sequence) at B=1; each once with unit q, k rows and once as the block calls it (raw
-rows, k read in place from a wider projection, normalised inside the kernels by l2_norm_eps).
+with an empty sequence) at B=1, then both at T=8320 (130 chunks in 2 to 8 chains: the two-level
+state chain); each once with unit q, k rows and once as the block calls it (raw rows, k read in
+place from a wider projection, normalised inside the kernels by l2_norm_eps).
 Run under the sanitizer:
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitize_scan.py
@@ -47,6 +48,8 @@ def main():
         for l2_rows in (False, True):
             run(dtype, 2, 200, None, l2_rows)
             run(dtype, 1, 200, [70, 0, 129, 1], l2_rows)
+            run(dtype, 1, 8320, None, l2_rows)
+            run(dtype, 1, 8320, [4000, 0, 37, 4283], l2_rows)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 // (E_{n−1,j} Γ_j = Γ_{n−1}), so the sequential part is one D × D matrix per chunk.
 //
 // Forward: (1) chunk_prepare, parallel over (chunk, head): W, u_loc, M, c, Γ_{n−1};
-// (2) state_chain, sequential over the chunks of one (sequence, head): boundary states;
+// (2) state_chain, sequential over the chunks of one (sequence, head): boundary states (for long
+// sequences in few chains a two-level scan over segments of chunks, Forward (2) below);
 // (3) chunk_output, parallel: u from the boundary state, y.
 // Backward (gradients dx = ∂L/∂Re x + i·∂L/∂Im x, as the CPU kernel): the chunk-start gradient is
 //   ds0 = conj(Γ_{n−1}) ⊙ (Mᵀ ds) + ds_loc,
@@ -69,6 +70,7 @@ __device__ inline double wrap_phase(double x) {
   return x - 6.283185307179586 * rint(x * 0.15915494309189535);
 }
 __host__ __device__ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // E_tj = e^{G_t − G_j} for t ≥ j (callers never ask for t < j).
 template <typename T>
@@ -723,17 +725,30 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_prepare_kernel(Inputs<sca
 // (forward: s ← Γ_{n−1} ⊙ (M s) + c, storing s at every chunk start, then the final state and
 // the mean chunk-end ‖S‖²) or in reverse (backward: ds ← conj(Γ_{n−1}) ⊙ (Mᵀ ds) + ds_loc,
 // storing ds at every chunk end, then the initial-state gradient). The maps of the next
-// kChainStages − 1 chunks are in flight (asynchronous 16-byte copies into a ring of shared-memory
+// kChainStages − 1 steps are in flight (asynchronous 16-byte copies into a ring of shared-memory
 // stages) while the current step runs, so a step waits on no memory latency; s is double
 // buffered in the (2P, D) layout of the states (real rows, then imaginary rows), one barrier per
 // step. Four lanes share the dot product of one output (p, d), each over a contiguous quarter of
 // e read in 16-byte vectors, starting at a rotated vector so that the eight threads of a
-// shared-memory phase hit distinct banks (M is stored densely, D × D).
+// shared-memory phase hit distinct banks (M stored densely, D × D).
+//
+// A step is bound by its own dependent latency (~0.8 µs), so a long sequence with few chains
+// (B = 1, T = 32k: 24 chains of 512 steps) runs as a two-level scan over segments of L chunks,
+// whose maps compose into one map of the same form, the decay being a scalar per pair:
+//   (g₂, M₂, c₂) ∘ (g₁, M₁, c₁) = (g₂ g₁, M₂ M₁, g₂ ⊙ (M₂ c₁) + c₂),
+// (a) segment_maps, parallel over (segment, head): each segment's composite map (its c is the
+// chain run from s = 0; M₂ M₁ on tensor cores for bf16/fp16 inputs, operands split hi + lo as
+// every fp32 product of the chunk kernels);
+// (b) segment_chain, per (sequence, head): the chain over the segment maps, storing the state
+// before every segment, then the final state;
+// (c) state_chain, parallel over (segment, head): each segment's chunk steps from its start
+// state, storing the state before every chunk, and the segment's share of the energy.
+// One level is state_chain with one segment holding every chunk.
 
 constexpr int kChainStages = 4;
 
-// s (two buffers of 2P·D), then kChainStages stages of one MapRecord each.
-template <typename acc_t>
+// s (two buffers of 2P·D), then a ring of kStages map records, each as in global memory.
+template <typename acc_t, int kStages = kChainStages>
 struct ChainScratch {
   acc_t* s0;
   unsigned char* stage0;
@@ -745,22 +760,20 @@ struct ChainScratch {
     s_len = int64_t(2) * P * D;
     s0 = cv.take<acc_t>(2 * s_len);
     stage0 = cv.at;
-    bytes = static_cast<int64_t>(stage0 - static_cast<unsigned char*>(base)) + kChainStages * rec.bytes;
+    bytes = static_cast<int64_t>(stage0 - static_cast<unsigned char*>(base)) + kStages * rec.bytes;
   }
   __device__ acc_t* s(int64_t k) const { return s0 + (k & 1) * s_len; }
   __device__ unsigned char* stage(int b) const { return stage0 + b * rec.bytes; }
-};
-
-// Issues the 16-byte copies of chunk wrow's map record into stage b, then commits them as one
-// batch (empty when wrow < 0).
-template <typename acc_t>
-__device__ void prefetch_map(const ChainScratch<acc_t>& sc, int b, const ChunkWork<acc_t>& ws, int64_t wrow) {
-  if (wrow >= 0) {
-    unsigned char *dst = sc.stage(b), *src = ws.map(wrow);
-    for (int i = threadIdx.x; i < sc.rec.bytes / 16; i += blockDim.x) __pipeline_memcpy_async(dst + 16 * i, src + 16 * i, 16);
+  // Issues the 16-byte copies of the record at src into stage b, then commits them as one batch
+  // (empty when src is null).
+  __device__ void prefetch(int b, const unsigned char* src) const {
+    if (src) {
+      unsigned char* dst = stage(b);
+      for (int i = threadIdx.x; i < rec.bytes / 16; i += blockDim.x) __pipeline_memcpy_async(dst + 16 * i, src + 16 * i, 16);
+    }
+    __pipeline_commit();
   }
-  __pipeline_commit();
-}
+};
 
 // dst[i] = src[i], i < n, all threads: 16-byte accesses when both are aligned and n fills whole
 // granules.
@@ -803,65 +816,239 @@ __device__ inline Cx<acc_t> chain_dot(const acc_t* Md, const acc_t* re, const ac
   return acc;
 }
 
-template <typename acc_t, bool kForward, bool kSmem, int kD = 0>
-__global__ void __launch_bounds__(kChainThreads) state_chain_kernel(Sequences seq, int H, int D_, int P,
-                                                                    int C, ChunkWork<acc_t> ws,
-                                                                    const acc_t* state_in,
-                                                                    acc_t* boundary, acc_t* ds_end,
-                                                                    acc_t* state_out, acc_t* energy,
-                                                                    void* global_scratch) {
+// One step s_nxt = g ⊙ (M s_cur) + c with the map record at `map`, g = Γ, or conj(Γ) when kConj;
+// returns Σ ‖s_nxt,(p, d)‖² over this thread's items (the forward's energy).
+template <bool kConj, int kD, typename acc_t>
+__device__ acc_t chain_step(const MapRecord<acc_t>& rec, unsigned char* map, const acc_t* s_cur,
+                            acc_t* s_nxt, int D_, int P) {
   // The vector path for the fixed D (whole 16-byte vectors per lane); runtime D takes the scalar one.
   constexpr bool kVec = kD > 0 && kD % (4 * (16 / sizeof(acc_t))) == 0;
-  const int h = blockIdx.y, D = kD > 0 ? kD : D_;
-  const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
-  ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
-  if (state_in) copy_rows(sc.s(0), state_in + (n * H + h) * SD, SD);
-  else for (int i = threadIdx.x; i < SD; i += blockDim.x) sc.s(0)[i] = 0;
-  const int64_t n_chunks = (seq.len[n] + C - 1) / C;
-  const auto wrow_of = [&](int64_t k) -> int64_t {
-    if (k >= n_chunks) return -1;
-    return (seq.chunk_row[n] + (kForward ? k : n_chunks - 1 - k)) * H + h;
-  };
-  for (int k = 0; k < kChainStages - 1; ++k) prefetch_map(sc, k, ws, wrow_of(k));
-  acc_t energy_sum = 0;
-  const int items = 4 * P * D;
-  for (int64_t k = 0; k < n_chunks; ++k) {
-    const int b = static_cast<int>(k % kChainStages);
-    const acc_t* s_cur = sc.s(k);
-    acc_t* s_nxt = sc.s(k + 1);
-    const int64_t wrow = wrow_of(k);
-    __pipeline_wait_prior(kChainStages - 2);
-    __syncthreads();  // stage b and s_cur complete; stage (k − 1) % kChainStages free
-    prefetch_map(sc, static_cast<int>((k + kChainStages - 1) % kChainStages), ws, wrow_of(k + kChainStages - 1));
-    copy_rows((kForward ? boundary : ds_end) + wrow * SD, s_cur, SD);
-    unsigned char* map = sc.stage(b);
-    const acc_t* M = sc.rec.M(map);
-    for (int x0 = 0; x0 < items; x0 += blockDim.x) {
-      const int x = x0 + threadIdx.x, item = x / 4, lane = x % 4;
-      const int p = item / D, d = item % D;
-      Cx<acc_t> acc;
-      if (x < items)
-        acc = chain_dot<kVec>(M + d * D, s_cur + 2 * p * D, s_cur + (2 * p + 1) * D, D, lane,
-                              (lane >> 1) + 2u * (d & 1));
-      acc = lane_sum<4>(acc);
-      if (x < items && lane == 0) {
-        const Cx<acc_t> g = kForward ? sc.rec.gam(map)[p] : sc.rec.gam(map)[p].conj();
-        const Cx<acc_t> s_new = g * acc + sc.rec.c(map)[item];
-        s_nxt[2 * p * D + d] = s_new.re;
-        s_nxt[(2 * p + 1) * D + d] = s_new.im;
-        if (kForward) energy_sum += s_new.norm2();
-      }
+  const int D = kD > 0 ? kD : D_, items = 4 * P * D;
+  const acc_t* M = rec.M(map);
+  acc_t energy = 0;
+  for (int x0 = 0; x0 < items; x0 += blockDim.x) {
+    const int x = x0 + threadIdx.x, item = x / 4, lane = x % 4;
+    const int p = item / D, d = item % D;
+    Cx<acc_t> acc;
+    if (x < items)
+      acc = chain_dot<kVec>(M + d * D, s_cur + 2 * p * D, s_cur + (2 * p + 1) * D, D, lane,
+                            (lane >> 1) + 2u * (d & 1));
+    acc = lane_sum<4>(acc);
+    if (x < items && lane == 0) {
+      const Cx<acc_t> g = kConj ? rec.gam(map)[p].conj() : rec.gam(map)[p];
+      const Cx<acc_t> s_new = g * acc + rec.c(map)[item];
+      s_nxt[2 * p * D + d] = s_new.re;
+      s_nxt[(2 * p + 1) * D + d] = s_new.im;
+      energy += s_new.norm2();
     }
+  }
+  return energy;
+}
+
+// Runs `steps` steps from sc.s(0), the record of step k at src(k) in global memory (the next
+// kStages − 1 in flight): body(k, map, s_cur, s_nxt) with the record in shared memory at map.
+// Ends after a barrier, s in sc.s(steps).
+template <typename acc_t, int kStages, typename Src, typename Body>
+__device__ void walk_maps(const ChainScratch<acc_t, kStages>& sc, int64_t steps, Src src, Body body) {
+  const auto at = [&](int64_t k) -> const unsigned char* { return k < steps ? src(k) : nullptr; };
+  for (int k = 0; k < kStages - 1; ++k) sc.prefetch(k, at(k));
+  for (int64_t k = 0; k < steps; ++k) {
+    __pipeline_wait_prior(kStages - 2);
+    __syncthreads();  // stage k and s(k) complete; stage k − 1 free
+    const int64_t next = k + kStages - 1;
+    sc.prefetch(static_cast<int>(next % kStages), at(next));
+    body(k, sc.stage(static_cast<int>(k % kStages)), sc.s(k), sc.s(k + 1));
   }
   __pipeline_wait_prior(0);
   __syncthreads();
-  const acc_t* s_fin = sc.s(n_chunks);
-  copy_rows(state_out + (n * H + h) * SD, s_fin, SD);
+}
+
+// The chain's sizes, inputs and outputs. Segments of L chunks, S per sequence (the grid's bound;
+// S = 1: one level, L ≥ every sequence's chunks). States are (.., 2P, D) rows of SD = 2P·D.
+template <typename acc_t>
+struct ChainArgs {
+  int H, D, P, C;
+  int64_t L, S;
+  const acc_t* state_in;    // (N, H): the initial state (forward) or final-state gradient, or null (0)
+  acc_t* states;            // at each chunk's (row, head): the state before its step
+  acc_t* state_out;         // (N, H): the state after the last step
+  acc_t* energy;            // forward: (N, H) with one level, else (N, H, S) per-segment sums
+  unsigned char* seg_maps;  // two levels: the segment maps at ((n·S + j)·H + h)
+  acc_t* seg_start;         // two levels: the state before segment j, at ((n·S + j)·H + h)
+  __device__ int64_t chunks(const Sequences& seq, int64_t n) const { return (seq.len[n] + C - 1) / C; }
+  // The (row, head) of step k of sequence n's chain (chunk k forward, n_chunks − 1 − k backward).
+  template <bool kForward>
+  __device__ int64_t wrow(const Sequences& seq, int64_t n, int64_t k, int h) const {
+    return (seq.chunk_row[n] + (kForward ? k : chunks(seq, n) - 1 - k)) * H + h;
+  }
+};
+
+// (a) Segment j = blockIdx.x % S of sequence n = blockIdx.x / S: its composite map into
+// seg_maps: c by chain_step from s = 0, γ = Π g_k (pair p kept by thread p mod blockDim), and
+// A = M_last ⋯ M_first. The partial products X: with kSplit (the fixed D = 64 and tensor cores)
+// as the hi + lo bf16 tiles that the product's operands are split into anyway, M split once per
+// step (in place over its fp32 copy in the map stage, after chain_step has read it) instead of
+// per warp tile, both fed by ldmatrix, and one warp per 16 × 32 tile of X held in registers
+// across a barrier: 68 KB, three blocks per SM with two maps in flight each. Else fp32, double
+// buffered, by block_product.
+template <typename scalar_t, int kD>
+constexpr bool kSegmentSplit = kTensorCores<scalar_t> && kD == 64 && kChainThreads == 256;
+
+template <typename acc_t, bool kSplit>
+struct SegmentScratch {
+  static constexpr int kStages = kSplit ? 3 : kChainStages;
+  ChainScratch<acc_t, kStages> ch;
+  Cx<acc_t>* gam;
+  acc_t* X;                // fp32: two (D, D + 1) tiles
+  __nv_bfloat16 *Xh, *Xl;  // kSplit: (D, D) swizzled tiles
+  int D;
+  int64_t bytes;
+  __host__ __device__ SegmentScratch(void* base, int D_, int P) : ch(base, D_, P), D(D_) {
+    Carve cv{static_cast<unsigned char*>(base) + ch.bytes};
+    gam = cv.take<Cx<acc_t>>(P);
+    if (kSplit) {
+      Xh = cv.take<__nv_bfloat16>(int64_t(D) * D), Xl = cv.take<__nv_bfloat16>(int64_t(D) * D);
+    } else {
+      X = cv.take<acc_t>(2 * int64_t(D) * (D + 1));
+    }
+    bytes = static_cast<int64_t>(cv.at - static_cast<unsigned char*>(base));
+  }
+  __device__ acc_t* x(int64_t k) const { return X + (k & 1) * int64_t(D) * (D + 1); }
+};
+
+template <typename scalar_t, typename acc_t, bool kForward, bool kSmem, int kD = 0>
+__global__ void __launch_bounds__(kChainThreads, (kFp32Blocks<acc_t, 3>)) segment_maps_kernel(Sequences seq, ChainArgs<acc_t> a,
+                                                                     ChunkWork<acc_t> ws,
+                                                                     void* global_scratch) {
+  constexpr bool kSplit = kSegmentSplit<scalar_t, kD>;
+  using Scratch = SegmentScratch<acc_t, kSplit>;
+  const int h = blockIdx.y, D = kD > 0 ? kD : a.D, P = a.P;
+  const int64_t n = blockIdx.x / a.S, j = blockIdx.x % a.S, k0 = j * a.L;
+  const int64_t steps = min64(a.L, a.chunks(seq, n) - k0);
+  if (steps <= 0) return;
+  const Scratch sc(block_scratch<kSmem>(global_scratch, Scratch(nullptr, D, P).bytes), D, P);
+  for (int i = threadIdx.x; i < sc.ch.s_len; i += blockDim.x) sc.ch.s(0)[i] = 0;
+  for (int p = threadIdx.x; p < P; p += blockDim.x) sc.gam[p] = Cx<acc_t>(1, 0);
+  unsigned char* out = a.seg_maps + ((n * a.S + j) * a.H + h) * ws.rec.bytes;
+  acc_t* A = ws.rec.M(out);
+  walk_maps(sc.ch, steps, [&](int64_t k) { return ws.map(a.template wrow<kForward>(seq, n, k0 + k, h)); },
+            [&](int64_t k, unsigned char* map, const acc_t* s_cur, acc_t* s_nxt) {
+              chain_step<!kForward, kD>(ws.rec, map, s_cur, s_nxt, D, P);
+              for (int p = threadIdx.x; p < P; p += blockDim.x)
+                sc.gam[p] = (kForward ? ws.rec.gam(map)[p] : ws.rec.gam(map)[p].conj()) * sc.gam[p];
+              const acc_t* M = ws.rec.M(map);
+              const bool last = k == steps - 1;
+              if (k == 0 && last) {
+                for (int i = threadIdx.x; i < D * D; i += blockDim.x) A[i] = M[i];
+              } else if constexpr (kSplit) {
+                static_assert(sizeof(acc_t) == 4, "M's hi + lo tiles take the place of its fp32 copy");
+                constexpr int kPer = kD * kD / kChainThreads;  // M elements per thread, in pairs
+                float m[kPer];
+#pragma unroll
+                for (int r = 0; r < kPer; r += 2) {
+                  const int i = 2 * threadIdx.x + r * kChainThreads;
+                  m[r] = M[i], m[r + 1] = M[i + 1];
+                }
+                __nv_bfloat16* Mh = reinterpret_cast<__nv_bfloat16*>(map);
+                const mma::SplitRows<true> Ms{Mh, Mh + kD * kD, kD};  // A operand (d, e)
+                const mma::SplitRows<false> Xs{sc.Xh, sc.Xl, kD};      // B operand (e, f)
+                if (k > 0) __syncthreads();  // every thread has read the fp32 M
+                const mma::SplitRows<true> into{k == 0 ? sc.Xh : Ms.hi, k == 0 ? sc.Xl : Ms.lo, kD};
+#pragma unroll
+                for (int r = 0; r < kPer; r += 2) {
+                  const int i = 2 * threadIdx.x + r * kChainThreads;
+                  into.store2(i / kD, i % kD, m[r], m[r + 1]);
+                }
+                if (k == 0) return;
+                __syncthreads();  // M split
+                const int w = threadIdx.x / 32, i0 = (w / 2) * 16, j0 = (w % 2) * 32;
+                float acc[4][4] = {};
+                mma::warp_tile<4, true, true>(acc, i0, j0, kD, kD, Ms, Xs);
+                __syncthreads();  // every warp has read X
+                mma::warp_tile_out<4>(acc, i0, j0, kD, kD, [&](int d, int f, float v) {
+                  if (last) A[d * kD + f] = v;
+                  else Xs.store(d, f, v);
+                });
+              } else {
+                acc_t* X_nxt = sc.x(k + 1);
+                const auto put = [&](int d, int f, acc_t v) {
+                  if (last) A[d * D + f] = v;
+                  else X_nxt[d * (D + 1) + f] = v;
+                };
+                if (k == 0) {
+                  for (int i = threadIdx.x; i < D * D; i += blockDim.x) put(i / D, i % D, M[i]);
+                } else {
+                  const acc_t* X = sc.x(k);
+                  block_product<scalar_t, false, false, acc_t>(
+                      D, D, D, [&](int d, int e) { return M[d * D + e]; },
+                      [&](int e, int f) { return X[e * (D + 1) + f]; }, put);
+                }
+              }
+            });
+  const acc_t* c = sc.ch.s(steps);
+  for (int i = threadIdx.x; i < P * D; i += blockDim.x)
+    ws.rec.c(out)[i] = Cx<acc_t>(c[2 * (i / D) * D + i % D], c[(2 * (i / D) + 1) * D + i % D]);
+  for (int p = threadIdx.x; p < P; p += blockDim.x) ws.rec.gam(out)[p] = sc.gam[p];
+}
+
+// (b) Per (sequence, head): the chain over the segment maps (whose g already holds the
+// backward's conjugate), storing the state before each segment, then the final state.
+template <typename acc_t, bool kSmem, int kD = 0>
+__global__ void __launch_bounds__(kChainThreads) segment_chain_kernel(Sequences seq, ChainArgs<acc_t> a,
+                                                                      MapRecord<acc_t> rec,
+                                                                      void* global_scratch) {
+  const int h = blockIdx.y, D = kD > 0 ? kD : a.D, P = a.P;
+  const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
+  const ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
+  if (a.state_in) copy_rows(sc.s(0), a.state_in + (n * a.H + h) * SD, SD);
+  else for (int i = threadIdx.x; i < SD; i += blockDim.x) sc.s(0)[i] = 0;
+  const int64_t segments = (a.chunks(seq, n) + a.L - 1) / a.L;
+  const auto row = [&](int64_t j) { return (n * a.S + j) * a.H + h; };
+  walk_maps(sc, segments, [&](int64_t j) { return a.seg_maps + row(j) * rec.bytes; },
+            [&](int64_t j, unsigned char* map, const acc_t* s_cur, acc_t* s_nxt) {
+              copy_rows(a.seg_start + row(j) * SD, s_cur, SD);
+              chain_step<false, kD>(rec, map, s_cur, s_nxt, D, P);
+            });
+  copy_rows(a.state_out + (n * a.H + h) * SD, sc.s(segments), SD);
+}
+
+// (c) Segment j = blockIdx.x % S of sequence n = blockIdx.x / S: its chunk steps from the state
+// before it (the initial state for j = 0), storing the state before each. With one level also
+// the final state and the energy, the mean ‖s‖² over chunk ends (‖s0‖² for an empty sequence);
+// with two, the segment's sum of ‖s‖² (0 past the sequence's end).
+template <typename acc_t, bool kForward, bool kSmem, int kD = 0>
+__global__ void __launch_bounds__(kChainThreads) state_chain_kernel(Sequences seq, ChainArgs<acc_t> a,
+                                                                    ChunkWork<acc_t> ws,
+                                                                    void* global_scratch) {
+  const int h = blockIdx.y, D = kD > 0 ? kD : a.D, P = a.P;
+  const int64_t n = blockIdx.x / a.S, j = blockIdx.x % a.S, k0 = j * a.L, SD = int64_t(2) * P * D;
+  const int64_t n_chunks = a.chunks(seq, n), steps = max64(0, min64(a.L, n_chunks - k0));
+  const bool one_level = a.S == 1;
+  if (steps == 0 && j > 0) {
+    if (kForward && threadIdx.x == 0) a.energy[(n * a.H + h) * a.S + j] = 0;
+    return;
+  }
+  const ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
+  const acc_t* start = j == 0 ? (a.state_in ? a.state_in + (n * a.H + h) * SD : nullptr)
+                              : a.seg_start + ((n * a.S + j) * a.H + h) * SD;
+  if (start) copy_rows(sc.s(0), start, SD);
+  else for (int i = threadIdx.x; i < SD; i += blockDim.x) sc.s(0)[i] = 0;
+  acc_t energy_sum = 0;
+  walk_maps(sc, steps, [&](int64_t k) { return ws.map(a.template wrow<kForward>(seq, n, k0 + k, h)); },
+            [&](int64_t k, unsigned char* map, const acc_t* s_cur, acc_t* s_nxt) {
+              copy_rows(a.states + a.template wrow<kForward>(seq, n, k0 + k, h) * SD, s_cur, SD);
+              energy_sum += chain_step<!kForward, kD>(ws.rec, map, s_cur, s_nxt, D, P);
+            });
+  const acc_t* s_fin = sc.s(steps);
+  if (one_level) copy_rows(a.state_out + (n * a.H + h) * SD, s_fin, SD);
   if (kForward) {
     if (n_chunks == 0)
       for (int x = threadIdx.x; x < SD; x += blockDim.x) energy_sum += s_fin[x] * s_fin[x];
     const acc_t total = block_sum(energy_sum);
-    if (threadIdx.x == 0) energy[n * H + h] = total / static_cast<acc_t>(n_chunks > 0 ? n_chunks : 1);
+    if (threadIdx.x == 0) {
+      if (one_level) a.energy[n * a.H + h] = total / static_cast<acc_t>(n_chunks > 0 ? n_chunks : 1);
+      else a.energy[(n * a.H + h) * a.S + j] = total;
+    }
   }
 }
 

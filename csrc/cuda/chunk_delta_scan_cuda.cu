@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../cpu/delta_scan_cpu.h"
 #include "chunk_delta_scan.cuh"
 #include "device_scalar.h"
@@ -110,6 +112,69 @@ cuda::ChunkWork<acc_t> chunk_work(int64_t items, int64_t C, int64_t D, int64_t P
           reinterpret_cast<unsigned char*>(p), rec};
 }
 
+// Chunks per segment of the two-level state chain (chunk_delta_scan.cuh, Forward (2)), or 0 for
+// one level. One level takes a step's latency (~0.8 µs) per chunk of the longest chain (for up
+// to three chains per SM); two read every map twice (segment_maps, state_chain), which costs
+// ~0.02 µs per map once their blocks fill the GPU (H100: 149 + 92 µs for 12288 maps of 16.9 KB),
+// plus a step per segment. So two levels are taken for at most SMs / 4 chains (~33 on an H100,
+// where 0.02 µs × chains < 0.8 µs) of at least kTwoLevelMinChunks chunks. Segments: as many as
+// fill the three blocks per SM of the segment kernels in one wave, each of at least
+// kSegmentMinChunks chunks (max_chunks bounds every sequence's chunks).
+constexpr int64_t kTwoLevelMinChunks = 128, kSegmentMinChunks = 8;
+int64_t chain_segment_chunks(int64_t chains, int64_t max_chunks) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (max_chunks < kTwoLevelMinChunks || chains > sms / 4) return 0;
+  const int64_t segments = std::max<int64_t>(1, std::min(max_chunks / kSegmentMinChunks, 3 * sms / chains));
+  return (max_chunks + segments - 1) / segments;
+}
+
+// Runs the state chain of the chunk maps in ws (forward, or backward in reverse): a.states at
+// every chunk, a.state_out per (sequence, head) and, forward, `energy` (N, H).
+template <typename dev_t, typename acc_t, bool kForward>
+void run_state_chain(const SequenceTable& st, cuda::ChainArgs<acc_t> a, const cuda::ChunkWork<acc_t>& ws,
+                     int64_t max_chunks, at::Tensor energy, const at::Tensor& like,
+                     cudaStream_t stream) {
+  const int64_t N = st.seq.N, H = a.H;
+  const bool fixed = a.C == 64 && a.D == 64;  // the instances compiled for the model's sizes
+  const int64_t L = chain_segment_chunks(N * H, max_chunks);
+  const auto opt = like.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const int64_t chain_bytes = cuda::ChainScratch<acc_t>(nullptr, a.D, a.P).bytes;
+  const auto chain = [&](int64_t blocks) {
+    launch(fixed ? cuda::state_chain_kernel<acc_t, kForward, true, 64> : cuda::state_chain_kernel<acc_t, kForward, true>,
+           cuda::state_chain_kernel<acc_t, kForward, false>,
+           dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(H)), cuda::kChainThreads, chain_bytes,
+           like, stream, st.seq, a, ws);
+  };
+  if (L == 0) {
+    a.L = std::max<int64_t>(max_chunks, 1), a.S = 1;
+    chain(N);
+    return;
+  }
+  a.L = L, a.S = (max_chunks + L - 1) / L;
+  at::Tensor seg_work, part;
+  const cuda::ChunkWork<acc_t> seg = chunk_work<acc_t>(N * a.S * H, a.C, a.D, a.P, false, opt, seg_work);
+  const at::Tensor seg_start = at::empty({N * a.S * H * 2 * a.P * a.D}, opt);
+  a.seg_maps = seg.maps, a.seg_start = seg_start.data_ptr<acc_t>();
+  if (kForward) part = at::empty({N, H, a.S}, opt), a.energy = part.data_ptr<acc_t>();
+  const dim3 segments(static_cast<unsigned>(N * a.S), static_cast<unsigned>(H));
+  // The fixed instance's scratch differs from the generic one's (the global-memory fallback):
+  // it is used only where its own fits in shared memory.
+  const int64_t fixed_bytes = cuda::SegmentScratch<acc_t, cuda::kSegmentSplit<dev_t, 64>>(nullptr, a.D, a.P).bytes;
+  const bool fixed_maps = fixed && fixed_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  launch(fixed_maps ? cuda::segment_maps_kernel<dev_t, acc_t, kForward, true, 64> : cuda::segment_maps_kernel<dev_t, acc_t, kForward, true>,
+         cuda::segment_maps_kernel<dev_t, acc_t, kForward, false>, segments, cuda::kChainThreads,
+         fixed_maps ? fixed_bytes : cuda::SegmentScratch<acc_t, false>(nullptr, a.D, a.P).bytes, like, stream,
+         st.seq, a, ws);
+  launch(fixed ? cuda::segment_chain_kernel<acc_t, true, 64> : cuda::segment_chain_kernel<acc_t, true>,
+         cuda::segment_chain_kernel<acc_t, false>, dim3(static_cast<unsigned>(N), static_cast<unsigned>(H)),
+         cuda::kChainThreads, chain_bytes, like, stream, st.seq, a, seg.rec);
+  chain(N * a.S);
+  if (kForward) {  // the mean over each sequence's chunk ends (its one state if it has none)
+    const at::Tensor n_chunks = st.table.narrow(0, N, N).add(a.C - 1).div(a.C, "floor").clamp_min(1);
+    at::div_out(energy, part.sum(-1), n_chunks.unsqueeze(1).to(opt.dtype()));
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
     const at::Tensor& log_decay, const at::Tensor& phase,
@@ -142,17 +207,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
     const bool fixed = C == 64 && D == 64;  // the instances compiled for the model's sizes
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
-    const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     launch(fixed ? cuda::chunk_prepare_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_prepare_kernel<dev_t, acc_t, true>,
            cuda::chunk_prepare_kernel<dev_t, acc_t, false>, chunks, cuda::kChunkThreads,
            cuda::PrepareScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws);
-    launch(fixed ? cuda::state_chain_kernel<acc_t, true, true, 64> : cuda::state_chain_kernel<acc_t, true, true>,
-           cuda::state_chain_kernel<acc_t, true, false>,
-           heads, cuda::kChainThreads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
-           q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
-           initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr,
-           boundary.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr), final_state.data_ptr<acc_t>(),
-           energy.data_ptr<acc_t>());
+    cuda::ChainArgs<acc_t> chain{static_cast<int>(H), d, p, c};
+    chain.state_in = initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr;
+    chain.states = boundary.data_ptr<acc_t>(), chain.state_out = final_state.data_ptr<acc_t>();
+    chain.energy = energy.data_ptr<acc_t>();
+    run_state_chain<dev_t, acc_t, true>(st, chain, ws, NC, energy, q, stream);
     launch(fixed ? cuda::chunk_output_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_output_kernel<dev_t, acc_t, true>,
            cuda::chunk_output_kernel<dev_t, acc_t, false>, chunks, cuda::kChunkThreads,
            cuda::OutputScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, ws,
@@ -211,17 +273,14 @@ chunk_delta_scan_bwd_cuda(const at::Tensor& grad_o, const std::optional<at::Tens
     const int c = static_cast<int>(C), d = static_cast<int>(D), p = static_cast<int>(P);
     const bool fixed = C == 64 && D == 64;  // the instances compiled for the model's sizes
     const dim3 chunks(static_cast<unsigned>(rows), static_cast<unsigned>(H));
-    const dim3 heads(static_cast<unsigned>(N), static_cast<unsigned>(H));
     const dev_t* go = reinterpret_cast<const dev_t*>(grad_o.data_ptr());
     launch(fixed ? cuda::bwd_local_kernel<dev_t, acc_t, true, 64, 64> : cuda::bwd_local_kernel<dev_t, acc_t, true>,
            cuda::bwd_local_kernel<dev_t, acc_t, false>, chunks, cuda::kChunkThreads,
            cuda::LocalScratch<dev_t, acc_t>(nullptr, c, d, p).bytes, q, stream, in, st.seq, go, ws);
-    launch(fixed ? cuda::state_chain_kernel<acc_t, false, true, 64> : cuda::state_chain_kernel<acc_t, false, true>,
-           cuda::state_chain_kernel<acc_t, false, false>,
-           heads, cuda::kChainThreads, cuda::ChainScratch<acc_t>(nullptr, d, p).bytes,
-           q, stream, st.seq, static_cast<int>(H), d, p, c, ws,
-           grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr,
-           static_cast<acc_t*>(nullptr), ds_end_p, dinit.data_ptr<acc_t>(), static_cast<acc_t*>(nullptr));
+    cuda::ChainArgs<acc_t> chain{static_cast<int>(H), d, p, c};
+    chain.state_in = grad_final_state.has_value() ? grad_final_state->data_ptr<acc_t>() : nullptr;
+    chain.states = ds_end_p, chain.state_out = dinit.data_ptr<acc_t>();
+    run_state_chain<dev_t, acc_t, false>(st, chain, ws, NC, at::Tensor(), q, stream);
     // Back to the caching allocator: a later allocation on this stream may reuse it, and is
     // ordered after the chain kernel. `ws` points into it from here on: unused below.
     work.reset();
