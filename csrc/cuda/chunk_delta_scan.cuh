@@ -916,10 +916,65 @@ struct SegmentScratch {
   __device__ acc_t* x(int64_t k) const { return X + (k & 1) * int64_t(D) * (D + 1); }
 };
 
+// Step k of a segment's product X ← M X (X = M at k = 0), its result into A (D × D, dense) on
+// the last step instead. compose_split: M, the fp32 record at `map`, is split in place once every
+// thread has read it (into X at k = 0); four barriers in all.
+template <int kD, typename acc_t>
+__device__ void compose_split(const SegmentScratch<acc_t, true>& sc, unsigned char* map, int64_t k,
+                              bool last, acc_t* A) {
+  static_assert(sizeof(acc_t) == 4, "M's hi + lo tiles take the place of its fp32 copy");
+  constexpr int kPer = kD * kD / kChainThreads;  // M elements per thread, in pairs
+  const float* M = reinterpret_cast<const float*>(map);
+  float m[kPer];
+#pragma unroll
+  for (int r = 0; r < kPer; r += 2) {
+    const int i = 2 * threadIdx.x + r * kChainThreads;
+    m[r] = M[i], m[r + 1] = M[i + 1];
+  }
+  __nv_bfloat16* Mh = reinterpret_cast<__nv_bfloat16*>(map);
+  const mma::SplitRows<true> Ms{Mh, Mh + kD * kD, kD};  // A operand (d, e)
+  const mma::SplitRows<false> Xs{sc.Xh, sc.Xl, kD};      // B operand (e, f)
+  if (k > 0) __syncthreads();  // every thread has read the fp32 M
+  const mma::SplitRows<true> into{k == 0 ? sc.Xh : Ms.hi, k == 0 ? sc.Xl : Ms.lo, kD};
+#pragma unroll
+  for (int r = 0; r < kPer; r += 2) {
+    const int i = 2 * threadIdx.x + r * kChainThreads;
+    into.store2(i / kD, i % kD, m[r], m[r + 1]);
+  }
+  if (k == 0) return;
+  __syncthreads();  // M split
+  const int w = threadIdx.x / 32, i0 = (w / 2) * 16, j0 = (w % 2) * 32;
+  float acc[4][4] = {};
+  mma::warp_tile<4, true, true>(acc, i0, j0, kD, kD, Ms, Xs);
+  __syncthreads();  // every warp has read X
+  mma::warp_tile_out<4>(acc, i0, j0, kD, kD, [&](int d, int f, float v) {
+    if (last) A[d * kD + f] = v;
+    else Xs.store(d, f, v);
+  });
+}
+
+// compose: X in fp32, double buffered, the product by block_product.
+template <typename scalar_t, typename acc_t>
+__device__ void compose(const SegmentScratch<acc_t, false>& sc, const acc_t* M, int D, int64_t k,
+                        bool last, acc_t* A) {
+  acc_t* X_nxt = sc.x(k + 1);
+  const auto put = [&](int d, int f, acc_t v) {
+    if (last) A[d * D + f] = v;
+    else X_nxt[d * (D + 1) + f] = v;
+  };
+  if (k == 0) {
+    for (int i = threadIdx.x; i < D * D; i += blockDim.x) put(i / D, i % D, M[i]);
+  } else {
+    const acc_t* X = sc.x(k);
+    block_product<scalar_t, false, false, acc_t>(
+        D, D, D, [&](int d, int e) { return M[d * D + e]; }, [&](int e, int f) { return X[e * (D + 1) + f]; },
+        put);
+  }
+}
+
 template <typename scalar_t, typename acc_t, bool kForward, bool kSmem, int kD = 0>
-__global__ void __launch_bounds__(kChainThreads, (kFp32Blocks<acc_t, 3>)) segment_maps_kernel(Sequences seq, ChainArgs<acc_t> a,
-                                                                     ChunkWork<acc_t> ws,
-                                                                     void* global_scratch) {
+__global__ void __launch_bounds__(kChainThreads, (kFp32Blocks<acc_t, 3>))
+    segment_maps_kernel(Sequences seq, ChainArgs<acc_t> a, ChunkWork<acc_t> ws, void* global_scratch) {
   constexpr bool kSplit = kSegmentSplit<scalar_t, kD>;
   using Scratch = SegmentScratch<acc_t, kSplit>;
   const int h = blockIdx.y, D = kD > 0 ? kD : a.D, P = a.P;
@@ -941,48 +996,9 @@ __global__ void __launch_bounds__(kChainThreads, (kFp32Blocks<acc_t, 3>)) segmen
               if (k == 0 && last) {
                 for (int i = threadIdx.x; i < D * D; i += blockDim.x) A[i] = M[i];
               } else if constexpr (kSplit) {
-                static_assert(sizeof(acc_t) == 4, "M's hi + lo tiles take the place of its fp32 copy");
-                constexpr int kPer = kD * kD / kChainThreads;  // M elements per thread, in pairs
-                float m[kPer];
-#pragma unroll
-                for (int r = 0; r < kPer; r += 2) {
-                  const int i = 2 * threadIdx.x + r * kChainThreads;
-                  m[r] = M[i], m[r + 1] = M[i + 1];
-                }
-                __nv_bfloat16* Mh = reinterpret_cast<__nv_bfloat16*>(map);
-                const mma::SplitRows<true> Ms{Mh, Mh + kD * kD, kD};  // A operand (d, e)
-                const mma::SplitRows<false> Xs{sc.Xh, sc.Xl, kD};      // B operand (e, f)
-                if (k > 0) __syncthreads();  // every thread has read the fp32 M
-                const mma::SplitRows<true> into{k == 0 ? sc.Xh : Ms.hi, k == 0 ? sc.Xl : Ms.lo, kD};
-#pragma unroll
-                for (int r = 0; r < kPer; r += 2) {
-                  const int i = 2 * threadIdx.x + r * kChainThreads;
-                  into.store2(i / kD, i % kD, m[r], m[r + 1]);
-                }
-                if (k == 0) return;
-                __syncthreads();  // M split
-                const int w = threadIdx.x / 32, i0 = (w / 2) * 16, j0 = (w % 2) * 32;
-                float acc[4][4] = {};
-                mma::warp_tile<4, true, true>(acc, i0, j0, kD, kD, Ms, Xs);
-                __syncthreads();  // every warp has read X
-                mma::warp_tile_out<4>(acc, i0, j0, kD, kD, [&](int d, int f, float v) {
-                  if (last) A[d * kD + f] = v;
-                  else Xs.store(d, f, v);
-                });
+                compose_split<kD>(sc, map, k, last, A);
               } else {
-                acc_t* X_nxt = sc.x(k + 1);
-                const auto put = [&](int d, int f, acc_t v) {
-                  if (last) A[d * D + f] = v;
-                  else X_nxt[d * (D + 1) + f] = v;
-                };
-                if (k == 0) {
-                  for (int i = threadIdx.x; i < D * D; i += blockDim.x) put(i / D, i % D, M[i]);
-                } else {
-                  const acc_t* X = sc.x(k);
-                  block_product<scalar_t, false, false, acc_t>(
-                      D, D, D, [&](int d, int e) { return M[d * D + e]; },
-                      [&](int e, int f) { return X[e * (D + 1) + f]; }, put);
-                }
+                compose<scalar_t>(sc, M, D, k, last, A);
               }
             });
   const acc_t* c = sc.ch.s(steps);
