@@ -1,9 +1,11 @@
 """Shared fixtures. Each block below is self-contained (owned by the tests that use it)."""
 
 import atexit
+import importlib.util
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +53,15 @@ def cdssm_packages(tmp_path_factory):
     package = str(tmp_path_factory.mktemp("package"))
     assert main(["export", "--checkpoint", checkpoint, "--out", package, "--no-progress"]) == 0
     return package, checkpoint, model
+
+
+# ---- the scripts of tools/ as modules (tools/ is not a package) --------------------------------
+@pytest.fixture
+def tool_module():
+    """load(name): tools/<name>.py imported as a module."""
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -1,8 +1,6 @@
 """``cdssm eval``: the task data generators, exact scoring, and a tiny run of every task."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,20 +207,11 @@ def test_a_run_trained_on_other_examples_is_not_loaded(tmp_path, task, other):
     assert not any(r["trained_now"] for r in _check_outputs(out, task[0])["runs"])
 
 
-def _eval_no_phase():
-    """tools/eval_no_phase.py as a module (tools/ is not a package)."""
-    path = Path(__file__).parent.parent / "tools" / "eval_no_phase.py"
-    spec = importlib.util.spec_from_file_location("eval_no_phase", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_eval_no_phase_runs_the_task_with_every_phase_zero(tmp_path, monkeypatch):
+def test_eval_no_phase_runs_the_task_with_every_phase_zero(tmp_path, monkeypatch, tool_module):
     """tools/eval_no_phase.py: the scan sees φ = 0 and the specified decay; the task runs."""
     import cdssm.models.cdssm as cdssm_model
 
-    tool = _eval_no_phase()
+    tool = tool_module("eval_no_phase")
     monkeypatch.setattr(cdssm_model, "scan_inputs", cdssm_model.scan_inputs)  # restored after
     seen, scan = [], cdssm_model.chunk_delta_scan
 
@@ -239,10 +228,10 @@ def test_eval_no_phase_runs_the_task_with_every_phase_zero(tmp_path, monkeypatch
     assert json.loads((tmp_path / "mqar.json").read_text())["results"]
 
 
-def test_scan_inputs_without_phase_keeps_decay_and_value_scale():
+def test_scan_inputs_without_phase_keeps_decay_and_value_scale(tool_module):
     from cdssm.ops.dynamics import scan_inputs
 
-    tool = _eval_no_phase()
+    tool = tool_module("eval_no_phase")
     g = torch.Generator().manual_seed(0)
     alpha, omega = torch.rand(3, 2, 4, generator=g), 3 * torch.randn(3, 2, 4, generator=g)
     dt, r = torch.rand(3, 2, 4, generator=g), torch.rand(3, 2, 1, generator=g)

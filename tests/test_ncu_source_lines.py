@@ -1,8 +1,5 @@
 """tools/ncu_source_lines.py: ncu's per-instruction counters summed by source line."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 DISASM = """\
@@ -31,14 +28,6 @@ ROWS = [(0x00, "LDC R1, c[0x0][0x28]", 10, 100, 0, 0),
         (0x20, "@!P0 BAR.SYNC.DEFER_BLOCKING 0x0", 60, 50, 0, 60)]
 
 
-def _tool():
-    path = Path(__file__).parent.parent / "tools" / "ncu_source_lines.py"
-    spec = importlib.util.spec_from_file_location("ncu_source_lines", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _files(tmp_path):
     disasm = tmp_path / "dis.txt"
     disasm.write_text(DISASM)
@@ -51,8 +40,8 @@ def _files(tmp_path):
     return str(sass), str(disasm)
 
 
-def test_counters_go_to_the_innermost_line_and_the_body_call_site(tmp_path):
-    tool = _tool()
+def test_counters_go_to_the_innermost_line_and_the_body_call_site(tmp_path, tool_module):
+    tool = tool_module("ncu_source_lines")
     sass, disasm = _files(tmp_path)
     table = tool.line_table(disasm, "_Z6kernelv")
     assert table == {0x00: [("chunk_delta_scan.cuh", 20)],
@@ -68,8 +57,8 @@ def test_counters_go_to_the_innermost_line_and_the_body_call_site(tmp_path):
     assert opcodes == {"LDC": 100, "HMMA": 50, "BAR": 50}  # the predicate is not the opcode
 
 
-def test_unknown_function_and_foreign_csv_are_clear_errors(tmp_path):
-    tool = _tool()
+def test_unknown_function_and_foreign_csv_are_clear_errors(tmp_path, tool_module):
+    tool = tool_module("ncu_source_lines")
     _, disasm = _files(tmp_path)
     with pytest.raises(SystemExit, match="--function: no .text section"):
         tool.line_table(disasm, "_Z7missingv")
@@ -77,8 +66,8 @@ def test_unknown_function_and_foreign_csv_are_clear_errors(tmp_path):
         tool.read_sass(disasm)
 
 
-def test_main_prints_both_tables(tmp_path, capsys, monkeypatch):
-    tool = _tool()
+def test_main_prints_both_tables(tmp_path, capsys, monkeypatch, tool_module):
+    tool = tool_module("ncu_source_lines")
     sass, disasm = _files(tmp_path)
     monkeypatch.setattr("sys.argv", ["ncu_source_lines.py", sass, disasm, "--function", "_Z6kernelv",
                                      "--body", "15", "25"])
