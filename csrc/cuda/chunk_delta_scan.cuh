@@ -787,6 +787,13 @@ __device__ inline void copy_rows(T* dst, const T* src, int64_t n) {
   }
 }
 
+// dst[i] = src[i], or 0 where src is null (a zero state), i < n, all threads.
+template <typename T>
+__device__ inline void copy_or_zero(T* dst, const T* src, int64_t n) {
+  if (src) copy_rows(dst, src, n);
+  else for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = T(0);
+}
+
 // Σ_e M[d·D + e] s_e over lane's quarter of e, s = re + i·im (rows of D): 16-byte vectors of M and
 // s when kVec (D a multiple of 4 vectors), the vector index rotated by rot; else e = lane, lane + 4, ...
 template <bool kVec, typename acc_t>
@@ -1016,8 +1023,7 @@ __global__ void __launch_bounds__(kChainThreads) segment_chain_kernel(Sequences 
   const int h = blockIdx.y, D = kD > 0 ? kD : a.D, P = a.P;
   const int64_t n = blockIdx.x, SD = int64_t(2) * P * D;
   const ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
-  if (a.state_in) copy_rows(sc.s(0), a.state_in + (n * a.H + h) * SD, SD);
-  else for (int i = threadIdx.x; i < SD; i += blockDim.x) sc.s(0)[i] = 0;
+  copy_or_zero(sc.s(0), a.state_in ? a.state_in + (n * a.H + h) * SD : nullptr, SD);
   const int64_t segments = (a.chunks(seq, n) + a.L - 1) / a.L;
   const auto row = [&](int64_t j) { return (n * a.S + j) * a.H + h; };
   walk_maps(sc, segments, [&](int64_t j) { return a.seg_maps + row(j) * rec.bytes; },
@@ -1047,8 +1053,7 @@ __global__ void __launch_bounds__(kChainThreads) state_chain_kernel(Sequences se
   const ChainScratch<acc_t> sc(block_scratch<kSmem>(global_scratch, ChainScratch<acc_t>(nullptr, D, P).bytes), D, P);
   const acc_t* start = j == 0 ? (a.state_in ? a.state_in + (n * a.H + h) * SD : nullptr)
                               : a.seg_start + ((n * a.S + j) * a.H + h) * SD;
-  if (start) copy_rows(sc.s(0), start, SD);
-  else for (int i = threadIdx.x; i < SD; i += blockDim.x) sc.s(0)[i] = 0;
+  copy_or_zero(sc.s(0), start, SD);
   acc_t energy_sum = 0;
   walk_maps(sc, steps, [&](int64_t k) { return ws.map(a.template wrow<kForward>(seq, n, k0 + k, h)); },
             [&](int64_t k, unsigned char* map, const acc_t* s_cur, acc_t* s_nxt) {

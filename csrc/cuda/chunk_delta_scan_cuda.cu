@@ -129,7 +129,8 @@ int64_t chain_segment_chunks(int64_t chains, int64_t max_chunks) {
 }
 
 // Runs the state chain of the chunk maps in ws (forward, or backward in reverse): a.states at
-// every chunk, a.state_out per (sequence, head) and, forward, `energy` (N, H).
+// every chunk, a.state_out per (sequence, head) and, forward, `energy` (N, H) (a.energy is set
+// here: the output itself with one level, the per-segment sums with two).
 template <typename dev_t, typename acc_t, bool kForward>
 void run_state_chain(const SequenceTable& st, cuda::ChainArgs<acc_t> a, const cuda::ChunkWork<acc_t>& ws,
                      int64_t max_chunks, at::Tensor energy, const at::Tensor& like,
@@ -147,6 +148,7 @@ void run_state_chain(const SequenceTable& st, cuda::ChainArgs<acc_t> a, const cu
   };
   if (L == 0) {
     a.L = std::max<int64_t>(max_chunks, 1), a.S = 1;
+    if (kForward) a.energy = energy.data_ptr<acc_t>();
     chain(N);
     return;
   }
@@ -213,7 +215,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_delta_scan_fwd_
     cuda::ChainArgs<acc_t> chain{static_cast<int>(H), d, p, c};
     chain.state_in = initial_state.has_value() ? initial_state->data_ptr<acc_t>() : nullptr;
     chain.states = boundary.data_ptr<acc_t>(), chain.state_out = final_state.data_ptr<acc_t>();
-    chain.energy = energy.data_ptr<acc_t>();
     run_state_chain<dev_t, acc_t, true>(st, chain, ws, NC, energy, q, stream);
     launch(fixed ? cuda::chunk_output_kernel<dev_t, acc_t, true, 64, 64> : cuda::chunk_output_kernel<dev_t, acc_t, true>,
            cuda::chunk_output_kernel<dev_t, acc_t, false>, chunks, cuda::kChunkThreads,
