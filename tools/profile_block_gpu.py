@@ -19,7 +19,8 @@ from cuda_timing import kernel_times
 from cdssm.files import write_json
 
 GROUPS = (  # (group, pattern on the kernel name), the first match wins
-    ("scan", r"chunk_prepare|chunk_output|chunk_bwd|bwd_local|state_chain|sequence_table"),
+    ("scan", r"(chunk_prepare|chunk_output|chunk_bwd|bwd_local|state_chain|segment_maps|segment_chain"
+             r"|sequence_table)_kernel"),
     ("conv", r"conv_(fwd|bwd|param_reduce|final_state|grad_initial)_kernel"),
     ("attention", r"flash|fmha|attention"),
     ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|splitK|sm90_"),
