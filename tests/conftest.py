@@ -57,10 +57,14 @@ def cdssm_packages(tmp_path_factory):
 
 # ---- the scripts of tools/ as modules (tools/ is not a package) --------------------------------
 @pytest.fixture
-def tool_module():
-    """load(name): tools/<name>.py imported as a module."""
+def tool_module(monkeypatch):
+    """load(name): tools/<name>.py imported as a module, with tools/ on sys.path for the sibling
+    modules that the scripts import (bench_gpu, cuda_timing)."""
+    tools = Path(__file__).parent.parent / "tools"
+    monkeypatch.syspath_prepend(str(tools))
+
     def load(name):
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "tools" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

@@ -1,7 +1,5 @@
 """tools/profile_block_gpu.py's kernel groups, on kernel names as torch.profiler reports them on an H100."""
 
-from pathlib import Path
-
 import pytest
 
 KERNELS = [  # (kernel name, group)
@@ -26,6 +24,5 @@ KERNELS = [  # (kernel name, group)
 
 
 @pytest.mark.parametrize("name,group", KERNELS)
-def test_kernel_groups(name, group, tool_module, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "tools"))  # its sibling imports
+def test_kernel_groups(name, group, tool_module):
     assert tool_module("profile_block_gpu").group_of(name) == group
