@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "chunk_decay.cuh"
 #include "device_common.cuh"
 #include "mma_tile.cuh"
 
@@ -63,20 +64,8 @@ using dev::from_acc;
 using dev::re_conj_mul;
 using dev::to_acc;
 
-__device__ inline float wrap_phase(float x) {
-  return x - 6.283185307179586f * rintf(x * 0.15915494309189535f);
-}
-__device__ inline double wrap_phase(double x) {
-  return x - 6.283185307179586 * rint(x * 0.15915494309189535);
-}
 __host__ __device__ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-// E_tj = e^{G_t − G_j} for t ≥ j (callers never ask for t < j).
-template <typename T>
-__device__ inline Cx<T> edecay(const Cx<T>* G, int t, int j) {
-  return cexp(Cx<T>(G[t].re - G[j].re, wrap_phase(G[t].im - G[j].im)));
-}
 
 // Bump allocation of a kernel's scratch (shared memory, or global memory when it does not fit);
 // with base 0 it only measures.
@@ -224,36 +213,62 @@ __device__ inline void store_granule(scalar_t* p, const acc_t (&x)[kGranule], in
   }
 }
 
-// dst[t·row_stride(D) + d] = row (tok0 + t, h) of src (token stride st) for t < m, zero for
-// m ≤ t < C (so that whole 16-row blocks of the tile can feed the tensor cores), in the input
-// dtype. With in.normalize each row is scaled to x / √(Σ_d x_d² + eps) on the way (fp32 sum of
-// squares, rounded to the input dtype: the model's l2_normalize), so no pass over the tile and
-// no barrier is added for it.
-template <typename scalar_t, typename acc_t>
-__device__ void load_rows(scalar_t* dst, const scalar_t* src, int64_t st, const Inputs<scalar_t, acc_t>& in,
+// A tile to fill from token rows: dst[t·row_stride(D) + d] = row (tok0 + t, h) of src (token
+// stride st).
+template <typename scalar_t>
+struct RowTile {
+  scalar_t* dst;
+  const scalar_t* src;
+  int64_t st;
+};
+
+// Each tile's rows t < m, zero for m ≤ t < C (so that whole 16-row blocks of the tile can feed
+// the tensor cores), in the input dtype. With in.normalize each row is scaled to
+// x / √(Σ_d x_d² + eps) on the way (fp32 sum of squares, rounded to the input dtype: the model's
+// l2_normalize), so no pass over the tile and no barrier is added for it. The N tiles' loads of
+// a thread are issued together, so that their latencies overlap.
+template <int N, typename scalar_t, typename acc_t>
+__device__ void load_rows(const RowTile<scalar_t> (&tiles)[N], const Inputs<scalar_t, acc_t>& in,
                           int64_t tok0, int m, int h) {
   const int D = in.D, L = row_stride<scalar_t>(D), C = in.C;
-  src += tok0 * st + static_cast<int64_t>(h) * D;
-  const bool vec = granule_rows(src, D, st);  // the tile's rows (stride D + 8) are then whole granules too
+  const scalar_t* src[N];
+  bool vec[N];  // the tile's rows (stride D + 8) are then whole granules too
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    src[n] = tiles[n].src + tok0 * tiles[n].st + static_cast<int64_t>(h) * D;
+    vec[n] = granule_rows(src[n], D, tiles[n].st);
+  }
   const int span = kRowLanes * C, step = static_cast<int>(blockDim.x);
   for (int i0 = 0; i0 < span; i0 += step) {  // the same trip count for every thread
     const int i = i0 + static_cast<int>(threadIdx.x), t = i / kRowLanes, l = i % kRowLanes;
-    acc_t ss = 0;
-    for (int d = kGranule * l; t < C && d < D; d += kGranule * kRowLanes) {
-      acc_t x[kGranule];
-      load_granule(x, src + t * st + d, t < m ? min(kGranule, D - d) : 0, vec && t < m);
+    acc_t ss[N];
 #pragma unroll
-      for (int e = 0; e < kGranule; ++e) ss += x[e] * x[e];
-      store_granule(dst + t * L + d, x, min(kGranule, D - d), vec);
+    for (int n = 0; n < N; ++n) ss[n] = 0;
+    for (int d = kGranule * l; t < C && d < D; d += kGranule * kRowLanes) {
+      acc_t x[N][kGranule];
+#pragma unroll
+      for (int n = 0; n < N; ++n)
+        load_granule(x[n], src[n] + t * tiles[n].st + d, t < m ? min(kGranule, D - d) : 0, vec[n] && t < m);
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+#pragma unroll
+        for (int e = 0; e < kGranule; ++e) ss[n] += x[n][e] * x[n][e];
+        store_granule(tiles[n].dst + t * L + d, x[n], min(kGranule, D - d), vec[n]);
+      }
     }
     if (!in.normalize) continue;
-    const acc_t r = rsqrt(lane_sum<kRowLanes>(ss) + in.l2_eps);
-    for (int d = kGranule * l; t < m && d < D; d += kGranule * kRowLanes) {  // this lane's own granules
-      acc_t x[kGranule];
-      load_granule(x, dst + t * L + d, min(kGranule, D - d), vec);
+    acc_t r[N];
 #pragma unroll
-      for (int e = 0; e < kGranule; ++e) x[e] *= r;
-      store_granule(dst + t * L + d, x, min(kGranule, D - d), vec);
+    for (int n = 0; n < N; ++n) r[n] = rsqrt(lane_sum<kRowLanes>(ss[n]) + in.l2_eps);
+    for (int d = kGranule * l; t < m && d < D; d += kGranule * kRowLanes) {  // this lane's own granules
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        acc_t x[kGranule];
+        load_granule(x, tiles[n].dst + t * L + d, min(kGranule, D - d), vec[n]);
+#pragma unroll
+        for (int e = 0; e < kGranule; ++e) x[e] *= r[n];
+        store_granule(tiles[n].dst + t * L + d, x, min(kGranule, D - d), vec[n]);
+      }
     }
   }
 }
@@ -674,7 +689,7 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_prepare_kernel(Inputs<sca
   PrepareScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, PrepareScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                           C, D, P);
-  load_rows(s.K, in.k, in.k_st, in, c.tok0, m, h);
+  load_rows<1>({{s.K, in.k, in.k_st}}, in, c.tok0, m, h);
   load_decay(s.G, in, c.tok0, m, h);
   for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
     const int t = i / P;
@@ -1110,8 +1125,7 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_output_kernel(Inputs<scal
   OutputScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, OutputScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
                          C, D, P);
-  load_rows(s.Q, in.q, in.q_st, in, c.tok0, m, h);
-  load_rows(s.K, in.k, in.k_st, in, c.tok0, m, h);
+  load_rows<2>({{s.Q, in.q, in.q_st}, {s.K, in.k, in.k_st}}, in, c.tok0, m, h);
   load_decay(s.G, in, c.tok0, m, h);
   load_state(s.s0, boundary + wrow * 2 * P * D, P, D);
   for (int i = threadIdx.x; i < m * D; i += blockDim.x)
@@ -1194,15 +1208,31 @@ __device__ void load_backward_tiles(const Inputs<scalar_t, acc_t>& in, const sca
                                     const ChunkPos& c, int m, int h, scalar_t* K, scalar_t* Q,
                                     acc_t* KK, acc_t* beta, Cx<acc_t>* G, Cx<acc_t>* gam,
                                     Cx<acc_t>* dy) {
-  const int C = in.C, D = in.D, P = in.P;
-  load_rows(K, in.k, in.k_st, in, c.tok0, m, h);
-  load_rows(Q, in.q, in.q_st, in, c.tok0, m, h);
-  load_decay(G, in, c.tok0, m, h);
-  for (int t = threadIdx.x; t < m; t += blockDim.x) beta[t] = to_acc(in.beta[(c.tok0 + t) * in.H + h]);
-  for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
-    const int t = i / P, p = i % P;
-    const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
-    dy[p * C + t] = Cx<acc_t>(to_acc(grad_o[2 * pi]), to_acc(grad_o[2 * pi + 1]));
+  const int C = in.C, D = in.D, P = in.P, i = threadIdx.x;
+  // When every (t, p) has a thread of its own (m·P ≤ blockDim, the common case) its values are
+  // loaded into registers before the rows and stored after them, so that all of the chunk's loads
+  // are in flight together; otherwise they load in loops after the rows.
+  const bool held = m * P <= static_cast<int>(blockDim.x);
+  Cx<acc_t> g, y;
+  acc_t b = 0;
+  if (held && i < m * P) {
+    const int64_t pi = ((c.tok0 + i / P) * in.H + h) * P + i % P;
+    g = Cx<acc_t>(in.log_decay[pi], in.phase[pi]);
+    y = Cx<acc_t>(to_acc(grad_o[2 * pi]), to_acc(grad_o[2 * pi + 1]));
+  }
+  if (held && i < m) b = to_acc(in.beta[(c.tok0 + i) * in.H + h]);
+  load_rows<2>({{K, in.k, in.k_st}, {Q, in.q, in.q_st}}, in, c.tok0, m, h);
+  if (held) {
+    if (i < m * P) G[(i % P) * C + i / P] = g, dy[(i % P) * C + i / P] = y;
+    if (i < m) beta[i] = b;
+  } else {
+    load_decay(G, in, c.tok0, m, h);
+    for (int t = i; t < m; t += blockDim.x) beta[t] = to_acc(in.beta[(c.tok0 + t) * in.H + h]);
+    for (int j = i; j < m * P; j += blockDim.x) {
+      const int t = j / P, p = j % P;
+      const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
+      dy[p * C + t] = Cx<acc_t>(to_acc(grad_o[2 * pi]), to_acc(grad_o[2 * pi + 1]));
+    }
   }
   __syncthreads();
   lower_gram<kL>(KK, K, K, m, C, D, true);
@@ -1285,19 +1315,41 @@ __global__ void __launch_bounds__(kChunkThreads, (kFp32Blocks<acc_t, 5>))
 // Backward (3): per (chunk, head), the CPU kernel's chunk backward from s0 = boundary[row] and
 // ds = ds_end[row]: dq, dk, dv, dβ, d log_decay, d phase of the chunk's tokens.
 
-// T and EH lie back to back: once the per-pair loop is done they are one region of 12C(C + 1)
-// bytes (fp32) for the tiles of the final products (chunk_bwd_kernel).
+// One pair's work in the per-pair loop of chunk_bwd: the factors of its E (chunk_decay.cuh) and
+// the vectors (C each) of its decayed sums: us_t = Σ_{j<t} T_tj E_tj b_j,
+// duqs_j = Σ_{t>j} conj(QK_tj E_tj) dy_t, dbs_j = Σ_{t>j} conj(T_tj E_tj) du_t,
+// yl_t = Σ_{j<t} QK_tj E_tj u_j, and their operands B ⊙ b, conj(A) ⊙ dy, B ⊙ u, conj(A) ⊙ du.
+template <typename acc_t>
+struct PairWork {
+  DecayBlocks<acc_t> f;
+  Cx<acc_t> *us, *duqs, *dbs, *yl, *wb, *xdy, *wu, *ydu;
+  __host__ __device__ static int64_t words(int C) { return DecayBlocks<acc_t>::words(C) + 8 * int64_t(C); }
+  __host__ __device__ PairWork(Cx<acc_t>* base, int C) : f(base, C) {
+    us = base + DecayBlocks<acc_t>::words(C);
+    duqs = us + C;
+    dbs = duqs + C;
+    yl = dbs + C;
+    wb = yl + C;
+    xdy = wb + C;
+    wu = xdy + C;
+    ydu = wu + C;
+  }
+};
+
+// T and `wide` lie back to back: once the per-pair loop is done they are one region of
+// 12C(C + 1) bytes (fp32) for the tiles of the final products (chunk_bwd_kernel); during the loop
+// `wide` holds the pair's PairWork.
 template <typename scalar_t, typename acc_t>
 struct ChunkBwdScratch {
   scalar_t *K, *Q;
   acc_t *KK, *beta, *dB;  // KK: KK strictly lower, QK transposed on and above the diagonal
   acc_t* dT;              // dT strictly lower, dQK transposed on and above the diagonal
   acc_t* T;
-  Cx<acc_t> *G, *gam, *dy, *EH;              // G, gam, dy: (P, C); EH: (C, C)
+  Cx<acc_t> *G, *gam, *dy, *vc, *wide;       // G, gam, dy, vc: (P, C); wide: C(C + 1) or more
   Cx<acc_t> *s0, *ds;                        // (P, D)
   Cx<acc_t> *cu, *dks, *a;                   // (P, C): the rank-P parts of dK and dQ
-  Cx<acc_t> *ks, *qs, *dc, *b, *u, *du, *db, *dG;  // (C), per pair
-  acc_t* red;                                         // (kBwdThreads / 32) partial sums
+  Cx<acc_t> *ks, *qs, *dc, *b, *u, *du, *dG;  // (C), per pair
+  acc_t* red;                                 // 4 words: the pair's sums for t = m − 1
   int64_t bytes;
   __host__ __device__ ChunkBwdScratch(void* base, int C, int D, int P) {
     Carve c{static_cast<unsigned char*>(base)};
@@ -1310,8 +1362,9 @@ struct ChunkBwdScratch {
     G = c.take<Cx<acc_t>>(int64_t(C) * P);
     gam = c.take<Cx<acc_t>>(int64_t(C) * P);
     dy = c.take<Cx<acc_t>>(int64_t(C) * P);
+    vc = c.take<Cx<acc_t>>(int64_t(C) * P);
     T = c.take<acc_t>(int64_t(C) * (C + 1));
-    EH = c.take<Cx<acc_t>>(int64_t(C) * (C + 1));
+    wide = c.take<Cx<acc_t>>(max64(int64_t(C) * (C + 1), PairWork<acc_t>::words(C)));
     s0 = c.take<Cx<acc_t>>(int64_t(P) * D);
     ds = c.take<Cx<acc_t>>(int64_t(P) * D);
     cu = c.take<Cx<acc_t>>(int64_t(P) * C);
@@ -1323,9 +1376,8 @@ struct ChunkBwdScratch {
     b = c.take<Cx<acc_t>>(C);
     u = c.take<Cx<acc_t>>(C);
     du = c.take<Cx<acc_t>>(C);
-    db = c.take<Cx<acc_t>>(C);
     dG = c.take<Cx<acc_t>>(C);
-    red = c.take<acc_t>(2 * kBwdThreads / 32);
+    red = c.take<acc_t>(4);
     bytes = static_cast<int64_t>(c.at - static_cast<unsigned char*>(base));
   }
 };
@@ -1351,28 +1403,52 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
   ChunkBwdScratch<scalar_t, acc_t> s(
       block_scratch<kSmem>(global_scratch, ChunkBwdScratch<scalar_t, acc_t>(nullptr, C, D, P).bytes),
       C, D, P);
+  // s0, ds (complex rows) and v^c: when each (p, d) and (t, p) has a thread of its own, loaded into
+  // registers before the tiles and stored after them (their loads overlap the tiles'), otherwise
+  // in loops after the tiles. The pair loop reads them after the inverse's barrier.
+  const int tid = threadIdx.x;
+  const bool held = P * D <= static_cast<int>(blockDim.x) && m * P <= static_cast<int>(blockDim.x);
+  const auto state = [&](const acc_t* x, int j) {
+    const acc_t* r = x + (wrow * P + j / D) * 2 * D;
+    return cx(r[j % D], r[D + j % D]);
+  };
+  const auto value = [&](int j) {
+    const int64_t pi = ((c.tok0 + j / P) * in.H + h) * P + j % P;
+    return cx(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
+  };
+  cx s0r, dsr, vr;
+  if (held && tid < P * D) s0r = state(boundary, tid), dsr = state(ds_end, tid);
+  if (held && tid < m * P) vr = value(tid);
   load_backward_tiles<kLdm<scalar_t, kC, kD>>(in, gr.grad_o, c, m, h, s.K, s.Q, s.KK, s.beta, s.G, s.gam, s.dy);
+  if (held) {
+    if (tid < P * D) s.s0[tid] = s0r, s.ds[tid] = dsr;
+    if (tid < m * P) s.vc[(tid % P) * C + tid / P] = vr;
+  } else {
+    for (int j = tid; j < P * D; j += blockDim.x) s.s0[j] = state(boundary, j), s.ds[j] = state(ds_end, j);
+    for (int j = tid; j < m * P; j += blockDim.x) s.vc[(j % P) * C + j / P] = value(j);
+  }
   unit_lower_inverse<scalar_t>(s.T, s.KK, s.beta, m, C);
   __syncthreads();
   for (int i = threadIdx.x; i < m * C; i += blockDim.x)
     if (i % C < m) s.dT[(i / C) * LC + i % C] = 0;
   for (int t = threadIdx.x; t < m; t += blockDim.x) s.dB[t] = 0;
 
+  // The decayed sums over E run on its sub-block factors (chunk_decay.cuh), and dG takes its
+  // sums over E ⊙ dE from them: with dE_tj = QK_tj dy_t conj(u_j) + T_tj du_t conj(b_j)
+  // + [t = m−1] dc_j conj(u_j) (j < t), the row sums Σ_{j<t} conj(E_tj) dE_tj are
+  // dy_t conj(yl_t) + du_t conj(us_t) (+ Σ_{j<m−1} dc_j conj(cu_j) at t = m−1) and the column
+  // sums Σ_{l>t} conj(E_lt) dE_lt are conj(u_t) duqs_t + conj(b_t) dbs_t + dc_t conj(cu_t)
+  // (t < m−1), cu_t = E_{m−1,t} u_t.
+  const PairWork<acc_t> v(s.wide, C);
+  const DecayBlocks<acc_t>& f = v.f;
+  const auto Tx = [&](int t, int j) { return s.T[t * LC + j]; };
+  const auto QKx = [&](int t, int j) { return qk_at(s.KK, t, j, C); };
   for (int p = 0; p < P; ++p) {
-    const cx *G = s.G + p * C, *gam = s.gam + p * C, *dy = s.dy + p * C;
-    cx *s0 = s.s0 + p * D, *ds = s.ds + p * D;
-    const acc_t *s0raw = boundary + wrow * 2 * P * D + 2 * p * D, *dsraw = ds_end + wrow * 2 * P * D + 2 * p * D;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-      s0[d] = cx(s0raw[d], s0raw[D + d]);
-      ds[d] = cx(dsraw[d], dsraw[D + d]);
-    }
-    for (int i = threadIdx.x; i < m * C; i += blockDim.x) {
-      const int t = i / C, j = i % C;
-      if (j <= t) s.EH[t * LC + j] = edecay(G, t, j);
-    }
-    __syncthreads();
+    const cx *G = s.G + p * C, *gam = s.gam + p * C, *dy = s.dy + p * C, *vc = s.vc + p * C;
+    const cx *s0 = s.s0 + p * D, *ds = s.ds + p * D;
     // ks_t = k_t·s0, qs_t = q_t·s0, dc_t = k_t·ds;  b_t = β_t v^c_t − β_t Γ_t ks_t (kRow lanes
-    // per t, each a contiguous share of d).
+    // per t, each a contiguous share of d); the factors of E.
+    f.fill_blocks(G, m);
     const int dshare = (D + kRow - 1) / kRow;
     for (int x0 = 0; x0 < kRow * m; x0 += blockDim.x) {
       const int x = x0 + threadIdx.x, t = x / kRow, lane = x % kRow;
@@ -1388,102 +1464,107 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
       qs = lane_sum<kRow>(qs);
       dc = lane_sum<kRow>(dc);
       if (t < m && lane == 0) {
-        const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
-        const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
+        const cx b = (vc[t] - gam[t] * ks) * s.beta[t];
+        f.fill_token(G, gam, t, m);
         s.ks[t] = ks;
         s.qs[t] = qs;
         s.dc[t] = dc;
-        s.b[t] = (vc - gam[t] * ks) * s.beta[t];
+        s.b[t] = b;
+        v.wb[t] = f.B[t] * b;
+        v.xdy[t] = f.A[t].conj() * dy[t];
+        s.a[p * C + t] = dy[t] * gam[t].conj();  // dQ_t's rank-P part, summed with the products
       }
     }
     __syncthreads();
-    // u = (T_real ⊙ E) b;  du_j = dc_j conj(E_{m−1,j}) + Σ_{t≥j} conj(E_tj QK_tj) dy_t (the two
-    // sums of a t have m + 1 terms together).
+    // u = (T_real ⊙ E) b = us + b;  du_t = Σ_{l≥t} conj(E_lt QK_lt) dy_l + dc_t conj(E_{m−1,t})
+    // = duqs_t + QK_tt dy_t + dc_t conj(E_{m−1,t}).
     for (int x0 = 0; x0 < kRow * m; x0 += blockDim.x) {
       const int x = x0 + threadIdx.x, t = x / kRow, lane = x % kRow;
-      cx u, du;
+      cx us, duqs;
       if (t < m) {
-        for (int j = lane; j <= t; j += kRow) u += s.EH[t * LC + j] * s.b[j] * s.T[t * LC + j];
-        for (int l = t + lane; l < m; l += kRow) du += (s.EH[l * LC + t] * qk_at(s.KK, l, t, C)).conj() * dy[l];
+        us = f.template forward_part<kRow>(t, lane, Tx, v.wb, s.b);
+        duqs = f.template adjoint_part<kRow>(t, lane, m, QKx, v.xdy, dy);
       }
-      u = lane_sum<kRow>(u);
-      du = lane_sum<kRow>(du);
+      us = lane_sum<kRow>(us);
+      duqs = lane_sum<kRow>(duqs);
       if (t < m && lane == 0) {
+        const cx e = f.E(m - 1, t), u = us + s.b[t], du = duqs + dy[t] * QKx(t, t) + s.dc[t] * e.conj();
+        v.us[t] = us;
+        v.duqs[t] = duqs;
         s.u[t] = u;
-        s.du[t] = du + s.dc[t] * s.EH[(m - 1) * LC + t].conj();
+        s.du[t] = du;
+        v.wu[t] = f.B[t] * u;
+        v.ydu[t] = f.A[t].conj() * du;
+        s.cu[p * C + t] = e * u;  // dK_t's rank-P part Re(conj(cu_t) ds)
       }
     }
     __syncthreads();
-    // db_j = Σ_{t≥j} conj(E_tj T_tj) du_t.
-    lane_reduce<kRow, cx>(
-        m,
-        [&](int j, int lane) {
-          cx db;
-          for (int t = j + lane; t < m; t += kRow) db += (s.EH[t * LC + j] * s.T[t * LC + j]).conj() * s.du[t];
-          return db;
-        },
-        [&](int j, cx db) { s.db[j] = db; });
-    __syncthreads();
-    // dK_t gets Re(conj(cu_t) ds) + Re(conj(s0) dks_t), cu_t = E_{m−1,t} u_t,
-    // dks_t = −β_t conj(Γ_t) db_t; dQ_t gets Re(conj(s0) a_t), a_t = dy_t conj(Γ_t): kept per pair
-    // and summed over the pairs with the final products.  (reads EH row m−1 before it is reused)
-    for (int t = threadIdx.x; t < m; t += blockDim.x) {
-      s.cu[p * C + t] = s.EH[(m - 1) * LC + t] * s.u[t];
-      s.dks[p * C + t] = gam[t].conj() * s.db[t] * (-s.beta[t]);
-      s.a[p * C + t] = dy[t] * gam[t].conj();
+    // dbs, yl;  dQK_tj += Re(conj(E_tj) dy_t conj(u_j)), dT_tj += Re(conj(E_tj) du_t conj(b_j))
+    // (j < t), across sub-blocks Re(conj(A_t) dy_t conj(F_ab B_j u_j)) and its dT twin.
+    for (int x0 = 0; x0 < kRow * m; x0 += blockDim.x) {
+      const int x = x0 + threadIdx.x, t = x / kRow, lane = x % kRow;
+      cx dbs, yl;
+      if (t < m) {
+        dbs = f.template adjoint_part<kRow>(t, lane, m, Tx, v.ydu, s.du);
+        yl = f.template forward_part<kRow>(t, lane, QKx, v.wu, s.u);
+      }
+      dbs = lane_sum<kRow>(dbs);
+      yl = lane_sum<kRow>(yl);
+      if (t < m && lane == 0) {
+        v.dbs[t] = dbs;
+        v.yl[t] = yl;
+      }
     }
-    // dE_tj = QK_tj dy_t conj(u_j) + T_tj du_t conj(b_j) + [t = m−1] dc_j conj(u_j);
-    // dQK_tj += Re(conj(E_tj) dy_t conj(u_j)), dT_tj += Re(conj(E_tj) du_t conj(b_j)) (j < t);
-    // EH_tj ← conj(E_tj) dE_tj (j < t), the pieces of dG.
-    __syncthreads();
     for (int i = threadIdx.x; i < m * C; i += blockDim.x) {
-      const int t = i / C, j = i % C;
+      const int t = i / C, j = i % C, a = t / kSub, b = j / kSub;
       if (j > t) continue;
-      const cx e = s.EH[t * LC + j];
-      const cx dM = dy[t] * s.u[j].conj(), dTt = s.du[t] * s.b[j].conj();
-      s.dT[j * LC + t] += re_conj_mul(e, dM);  // dQK_tj
-      if (j == t) continue;
-      s.dT[t * LC + j] += re_conj_mul(e, dTt);
-      cx dE = dM * qk_at(s.KK, t, j, C) + dTt * s.T[t * LC + j];
-      if (t == m - 1) dE += s.dc[j] * s.u[j].conj();
-      s.EH[t * LC + j] = e.conj() * dE;
+      if (a == b) {
+        const cx e = f.band[t * kBand + j - a * kSub];
+        s.dT[j * LC + t] += re_conj_mul(e, dy[t] * s.u[j].conj());  // dQK_tj
+        if (j < t) s.dT[t * LC + j] += re_conj_mul(e, s.du[t] * s.b[j].conj());
+      } else {
+        const cx F = f.F[a * f.nbC + b];
+        s.dT[j * LC + t] += re_conj_mul(F * v.wu[j], v.xdy[t]);
+        s.dT[t * LC + j] += re_conj_mul(F * v.wb[j], v.ydu[t]);
+      }
     }
-    // ‖ds·conj(s0)‖: dΓ_{m−1} += Σ_d ds_d conj(s0_d).
-    cx dsum;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) dsum += ds[d] * s0[d].conj();
-    for (int o = 16; o > 0; o /= 2) {
-      dsum.re += __shfl_down_sync(0xffffffffu, dsum.re, o);
-      dsum.im += __shfl_down_sync(0xffffffffu, dsum.im, o);
-    }
-    if (threadIdx.x % 32 == 0) {
-      s.red[2 * (threadIdx.x / 32)] = dsum.re;
-      s.red[2 * (threadIdx.x / 32) + 1] = dsum.im;
+    // Σ_d ds_d conj(s0_d) (dΓ_{m−1}'s term of the state) and Σ_{j<m−1} dc_j conj(cu_j), on warp 0.
+    if (threadIdx.x < 32) {
+      cx sd, sc;
+      for (int d = threadIdx.x; d < D; d += 32) sd += ds[d] * s0[d].conj();
+      for (int j = threadIdx.x; j < m - 1; j += 32) sc += s.dc[j] * s.cu[p * C + j].conj();
+      sd = lane_sum<32>(sd);
+      sc = lane_sum<32>(sc);
+      if (threadIdx.x == 0) {
+        s.red[0] = sd.re;
+        s.red[1] = sd.im;
+        s.red[2] = sc.re;
+        s.red[3] = sc.im;
+      }
     }
     __syncthreads();
-    // dΓ_t = dy_t conj(qs_t) − β_t conj(ks_t) db_t (+ Σ_d ds_d conj(s0_d) at t = m−1);
-    // dG_t = conj(Γ_t) dΓ_t + Σ_{j<t} EH_tj − Σ_{l>t} EH_lt;  dv_t = β_t db_t;
-    // dβ_t += Re(conj(v^c_t − Γ_t ks_t) db_t).
-    lane_reduce<kRow, cx>(
-        m,
-        [&](int t, int lane) {
-          cx dG;
-          for (int j = lane; j < t; j += kRow) dG += s.EH[t * LC + j];
-          for (int l = t + 1 + lane; l < m; l += kRow) dG -= s.EH[l * LC + t];
-          return dG;
-        },
-        [&](int t, cx dG) {
-          cx dgam = dy[t] * s.qs[t].conj() - s.ks[t].conj() * s.db[t] * s.beta[t];
-          if (t == m - 1)
-            for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w)
-              dgam += cx(s.red[2 * w], s.red[2 * w + 1]);
-          s.dG[t] = dG + gam[t].conj() * dgam;
-          const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
-          const cx vc(to_acc(in.v[2 * pi]), to_acc(in.v[2 * pi + 1]));
-          const cx dvc = s.db[t] * s.beta[t];
-          gr.dv[2 * pi] = from_acc<scalar_t>(dvc.re);
-          gr.dv[2 * pi + 1] = from_acc<scalar_t>(dvc.im);
-          s.dB[t] += re_conj_mul(vc - gam[t] * s.ks[t], s.db[t]);
-        });
+    // db = dbs + du;  dΓ_t = dy_t conj(qs_t) − β_t conj(ks_t) db_t (+ Σ_d ds_d conj(s0_d) at
+    // t = m−1);  dG_t = conj(Γ_t) dΓ_t + (row sum − column sum of conj(E) ⊙ dE, above);
+    // dv_t = β_t db_t;  dβ_t += Re(conj(v^c_t − Γ_t ks_t) db_t);  dks_t = −β_t conj(Γ_t) db_t.
+    for (int t = threadIdx.x; t < m; t += blockDim.x) {
+      const cx db = v.dbs[t] + s.du[t];
+      cx dgam = dy[t] * s.qs[t].conj() - s.ks[t].conj() * db * s.beta[t];
+      cx rows = dy[t] * v.yl[t].conj() + s.du[t] * v.us[t].conj();
+      cx cols = s.u[t].conj() * v.duqs[t] + s.b[t].conj() * v.dbs[t];
+      if (t == m - 1) {
+        dgam += cx(s.red[0], s.red[1]);
+        rows += cx(s.red[2], s.red[3]);
+      } else {
+        cols += s.dc[t] * s.cu[p * C + t].conj();
+      }
+      s.dG[t] = rows - cols + gam[t].conj() * dgam;
+      const int64_t pi = ((c.tok0 + t) * in.H + h) * P + p;
+      const cx dvc = db * s.beta[t];
+      gr.dv[2 * pi] = from_acc<scalar_t>(dvc.re);
+      gr.dv[2 * pi + 1] = from_acc<scalar_t>(dvc.im);
+      s.dB[t] += re_conj_mul(vc[t] - gam[t] * s.ks[t], db);
+      s.dks[p * C + t] = gam[t].conj() * db * (-s.beta[t]);  // dK_t's rank-P part Re(conj(s0) dks_t)
+    }
     __syncthreads();
     // d log_decay + i·d phase = reverse cumsum of dG.
     lane_reduce<kRow, cx>(
@@ -1505,14 +1586,14 @@ __device__ __forceinline__ void chunk_bwd_chunk(const Inputs<scalar_t, acc_t>& i
   // With kPre (bf16 inputs, C a multiple of 64) the fp32 operands of these products and of dK / dQ
   // are split into bf16 hi + lo once, into swizzled SplitRows tiles fed by ldmatrix, instead of in
   // every warp's fragment loads: the same values into the same mma calls. They live in the
-  // region of T and EH (bf16 elements, C² per tile): X at 0 and 1 (inside T's fp32 tile), T_real
-  // at R + 0 and 1, the strictly lower dT at R + 2 and 3 (R = 2C(C + 1), EH's start); after the
+  // region of T and `wide` (bf16 elements, C² per tile): X at 0 and 1 (inside T's fp32 tile),
+  // T_real at R + 0 and 1, the strictly lower dT at R + 2 and 3 (R = 2C(C + 1), wide's start); after the
   // two products the dK operand (C × 2C) at 0 and 2.
   constexpr bool kL = kLdm<scalar_t, kC, kD>, kPre = kL && kC % 64 == 0;
   __nv_bfloat16* const bf = reinterpret_cast<__nv_bfloat16*>(s.T);
   const int CC = C * C, R = 2 * C * (C + 1);
   const mma::SplitRows<true> Xs{bf, bf + CC, C}, Ts{bf + R, bf + R + CC, C}, dTs{bf + R + 2 * CC, bf + R + 3 * CC, C};
-  acc_t* X = reinterpret_cast<acc_t*>(s.EH);
+  acc_t* X = reinterpret_cast<acc_t*>(s.wide);
   if constexpr (kPre) {
     for (int i = threadIdx.x; i < CC / 2; i += blockDim.x) {
       const int t = i / (C / 2), j = 2 * (i % (C / 2));
