@@ -54,7 +54,8 @@ constexpr int kChainThreads = 256, kChunkThreads = 256, kBwdThreads = 512;
 // The blocks per SM a kernel is compiled for (__launch_bounds__' minimum, which caps its
 // registers at 64 K / (kBlocks · threads)) with fp32 accumulation; fp64 instances keep the
 // registers they need. Left to itself ptxas gives chunk_bwd (512 threads) up to 100 registers,
-// one block per SM, and bwd_local 59, four blocks where its shared memory allows five.
+// one block per SM, bwd_local 59 and chunk_prepare 69, three or four blocks where their shared
+// memory allows five.
 template <typename acc_t, int kBlocks>
 constexpr int kFp32Blocks = sizeof(acc_t) == 4 ? kBlocks : 1;
 
@@ -455,8 +456,11 @@ __device__ void lower_gram(acc_t* out, const scalar_t* a, const scalar_t* b, int
 }
 
 // T_real = (I + strict_lower(diag(β) KK))⁻¹ (m × m, zero above the diagonal), blockwise with
-// 16 × 16 diagonal blocks: each diagonal block by forward substitution (one column per thread,
-// T_tj = −β_t (KK_tj + Σ_{j<l<t} KK_tl T_lj)), then the block diagonals I − J = 1, 2, ... as
+// 16 × 16 diagonal blocks: each diagonal block by forward substitution,
+// T_tj = −β_t (KK_tj + Σ_{j<l<t} KK_tl T_lj), one column per thread held in registers and
+// right-looking (once T_lj is known, KK_tl T_lj is added to every later row t: the same terms
+// in the same order, on a dependent chain of 16 steps instead of a shared-memory round trip per
+// term), then the block diagonals I − J = 1, 2, ... as
 //   T_IJ = −T_II X_IJ,  X_IJ = Σ_{J≤K<I} A_IK T_KJ,  A_tl = β_t KK_tl,
 // with X_IJ parked transposed in the (unused) upper triangle until the end. For bf16/fp16 inputs
 // the two block products run on tensor cores, one warp per (I, J) block and n8 column tile
@@ -466,12 +470,19 @@ __device__ void unit_lower_inverse(acc_t* T, const acc_t* KK, const acc_t* beta,
   constexpr int kB = 16;
   const int L = C + 1, nb = (m + kB - 1) / kB;
   for (int j = threadIdx.x; j < m; j += blockDim.x) {
-    const int end = min(m, (j / kB + 1) * kB);
+    const int t0 = j - j % kB, jl = j % kB;  // the block's first row, j's column in the block
+    acc_t acc[kB];                           // acc[r]: row t0 + r's sum so far
+#pragma unroll
+    for (int r = 0; r < kB; ++r) acc[r] = r > jl && t0 + r < m ? KK[(t0 + r) * L + j] : acc_t(0);
     T[j * L + j] = 1;
-    for (int t = j + 1; t < end; ++t) {
-      acc_t acc = KK[t * L + j];
-      for (int l = j + 1; l < t; ++l) acc += KK[t * L + l] * T[l * L + j];
-      T[t * L + j] = -beta[t] * acc;
+#pragma unroll
+    for (int l = 1; l < kB; ++l) {
+      if (l <= jl || t0 + l >= m) continue;
+      const acc_t x = -beta[t0 + l] * acc[l];  // T_{t0+l, j}
+      T[(t0 + l) * L + j] = x;
+#pragma unroll
+      for (int r = l + 1; r < kB; ++r)
+        if (t0 + r < m) acc[r] += KK[(t0 + r) * L + t0 + l] * x;
     }
   }
   __syncthreads();
@@ -677,10 +688,9 @@ struct ChunkWork {
 };
 
 template <typename scalar_t, typename acc_t, bool kSmem, int kC = 0, int kD = 0>
-__global__ void __launch_bounds__(kChunkThreads) chunk_prepare_kernel(Inputs<scalar_t, acc_t> in_,
-                                                                      Sequences seq,
-                                                                      ChunkWork<acc_t> ws,
-                                                                      void* global_scratch) {
+__global__ void __launch_bounds__(kChunkThreads, (kFp32Blocks<acc_t, 5>))
+    chunk_prepare_kernel(Inputs<scalar_t, acc_t> in_, Sequences seq, ChunkWork<acc_t> ws,
+                         void* global_scratch) {
   const auto in = fixed_sizes<kC, kD>(in_);
   const int C = in.C, D = in.D, P = in.P, h = blockIdx.y;
   const ChunkPos c = locate_chunk(seq, C);
