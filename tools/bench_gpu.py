@@ -9,6 +9,11 @@ d_model 768, for each L in --lengths, all rows in one run:
          peak measured in the same run (model FLOPs 6·N·tokens, plus 12·n·L·d per token of
          causal attention for the Transformer).
 Prints a table with CD-SSM/Transformer ratios and writes JSON.
+With --peers, a third block per L, measured the same way in the same run: "gdn", fla's Gated
+DeltaNet block (tools/peers.py: TransformerBlock with flash-linear-attention's GatedDeltaNet layer
+for attention), compiled with graph breaks at fla's kernels where torch.compile takes it, eager
+where not (the row's "mode" says which); the block table then adds GDN ktok/s, the
+CD-SSM/GDN ratio and GDN MiB.
 
 Example: python tools/bench_gpu.py --json runs/bench_gpu.json
 """
@@ -18,6 +23,7 @@ import json
 
 import torch
 
+import peers
 from cuda_timing import cuda_time_ms, matmul_peak_tflops, peak_mib
 
 from cdssm.config import CDSSMConfig
@@ -29,23 +35,30 @@ from cdssm.files import write_json
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
 
 
-def block_forward(arch, L, recompute=True):
-    """x (B, L, d) ↦ the compiled (fullgraph) block's output, for arch "cdssm" or "transformer";
+def block_forward(arch, L, recompute=True, compiled=True):
+    """x (B, L, d) ↦ the block's output, for arch "cdssm", "transformer" or "gdn"
+    (peers.GatedDeltaNetBlock); compiled: fullgraph for ours, with graph breaks for gdn (fla's
+    scan is torch.compiler.disable'd); eager with compiled=False.
     recompute: the CD-SSM block's selective recomputation (False keeps every activation)."""
     torch.manual_seed(0)
+    config = TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)
     if arch == "cdssm":
         block = CDSSMBlock(CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB), 0).cuda()
         block.selective_recompute = recompute
-        return torch.compile(lambda x: block(x).hidden, fullgraph=True)
-    block = TransformerBlock(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)).cuda()
-    plan = plan_attention(L, torch.device("cuda"), 64, 10000.0, torch.bfloat16)
-    return torch.compile(lambda x: block(x, plan)[0], fullgraph=True)
+        fn = lambda x: block(x).hidden
+    elif arch == "gdn":
+        fn = peers.GatedDeltaNetBlock(config).cuda()
+    else:
+        block = TransformerBlock(config).cuda()
+        plan = plan_attention(L, torch.device("cuda"), 64, 10000.0, torch.bfloat16)
+        fn = lambda x: block(x, plan)[0]
+    return torch.compile(fn, fullgraph=arch != "gdn") if compiled else fn
 
 
-def block_forward_bf16(arch, L, B, recompute=True):
-    """(forward, grad): forward() runs the compiled block on a fixed x (B, L, d) bf16 under bf16
-    autocast; grad is a cotangent for its output."""
-    fwd = block_forward(arch, L, recompute)
+def block_forward_bf16(arch, L, B, recompute=True, compiled=True):
+    """(forward, grad): forward() runs the block (block_forward) on a fixed x (B, L, d) bf16
+    under bf16 autocast; grad is a cotangent for its output."""
+    fwd = block_forward(arch, L, recompute, compiled)
     x = torch.randn(B, L, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 
     def forward():
@@ -55,10 +68,34 @@ def block_forward_bf16(arch, L, B, recompute=True):
     return forward, torch.randn_like(x)
 
 
-def block_step(arch, L, B, recompute=True):
-    """A compiled fwd+bwd step of one block on x (B, L, d) bf16."""
-    forward, grad = block_forward_bf16(arch, L, B, recompute)
+def block_step(arch, L, B, recompute=True, compiled=True):
+    """A fwd+bwd step of one block (block_forward) on x (B, L, d) bf16."""
+    forward, grad = block_forward_bf16(arch, L, B, recompute, compiled)
     return lambda: forward().backward(grad)
+
+
+def table_lines(rows, lengths, mfu):
+    """The table under a title: per L in lengths, CD-SSM and Transformer ktok/s, their ratio
+    (CD-SSM / Transformer throughput) and peak MiB of rows (dicts of one run; "oom" rows show
+    OOM); with mfu, both MFUs; when rows hold "gdn" rows, GDN ktok/s, CD-SSM / GDN throughput and
+    GDN MiB too, and after the table how each GDN row ran (its "mode")."""
+    gdn = any(r["arch"] == "gdn" for r in rows)
+    fmt = lambda r, k, f: "OOM" if r.get("oom") else format(r[k], f)
+    ratio = lambda a, b: "-" if a.get("oom") or b.get("oom") else f"{a['ktok_per_s'] / b['ktok_per_s']:.2f}"
+    lines = [f"{'L':>6} {'CD-SSM ktok/s':>14} {'Transf. ktok/s':>15} {'ratio':>6} {'CD-SSM MiB':>11} "
+             f"{'Transf. MiB':>12}" + ("  MFU(CD)   MFU(Tf)" if mfu else "")
+             + (f" {'GDN ktok/s':>11} {'CD/GDN':>7} {'GDN MiB':>8}" if gdn else "")]
+    for L in lengths:
+        c, t, g = (next((r for r in rows if r["L"] == L and r["arch"] == arch), None)
+                   for arch in ("cdssm", "transformer", "gdn"))
+        line = (f"{L:>6} {fmt(c, 'ktok_per_s', '.0f'):>14} {fmt(t, 'ktok_per_s', '.0f'):>15} "
+                f"{ratio(c, t):>6} {fmt(c, 'peak_mib', '.0f'):>11} {fmt(t, 'peak_mib', '.0f'):>12}")
+        if mfu:
+            line += f" {fmt(c, 'mfu', '.3f'):>9} {fmt(t, 'mfu', '.3f'):>9}"
+        if gdn:
+            line += f" {fmt(g, 'ktok_per_s', '.0f'):>11} {ratio(c, g):>7} {fmt(g, 'peak_mib', '.0f'):>8}"
+        lines.append(line)
+    return lines + [f"GDN block at L {r['L']}: {r['mode']}" for r in rows if "mode" in r]
 
 
 def lm_step(arch, L, B):
@@ -119,6 +156,9 @@ def main(argv=None):
     p.add_argument("--keep-activations", action="store_true",
                    help="CD-SSM blocks keep every activation for the backward (no selective "
                         "recomputation)")
+    p.add_argument("--peers", action="store_true",
+                   help="also measure fla's Gated DeltaNet block (arch gdn) at each L in this run "
+                        "(needs flash-linear-attention 0.6.0: tools/fetch_peer_wheels.sh)")
     p.add_argument("--json", default="runs/bench_gpu.json")
     a = p.parse_args(argv)
     if a.no_lm and a.no_block:
@@ -126,6 +166,10 @@ def main(argv=None):
     for L in a.lengths:
         if L < 1 or a.tokens % L:
             p.error(f"--lengths: each length must divide --tokens {a.tokens}, got {L}")
+    if a.peers and a.no_block:
+        p.error("--peers: the peer is a block row, and --no-block drops the block rows")
+    if a.peers:
+        peers.require_fla(p, "fla.layers")
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
 
@@ -133,14 +177,19 @@ def main(argv=None):
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "matmul_peak_tflops": peak, "tokens_per_step": a.tokens,
               "cdssm_recompute": not a.keep_activations, "block": [], "lm": []}
+    note = peers.lift_triton_guard() if a.peers else None
+    if note:
+        result["fla_note"] = note
     for L in a.lengths:
         B = a.tokens // L
-        for arch in () if a.no_block else ("cdssm", "transformer"):
+        for arch in () if a.no_block else ("cdssm", "transformer") + (("gdn",) if a.peers else ()):
             def measure():
-                step = block_step(arch, L, B, not a.keep_activations)
+                make_step = lambda compiled: block_step(arch, L, B, not a.keep_activations, compiled)
+                step, mode = peers.compiled_or_eager(make_step) if arch == "gdn" else (make_step(True), None)
                 ms = cuda_time_ms(step, a.warmup, a.repeats)
-                return {"arch": arch, "L": L, "B": B, "ms": ms, "ktok_per_s": a.tokens / ms,
-                        "peak_mib": peak_mib(step)}
+                row = {"arch": arch, "L": L, "B": B, "ms": ms, "ktok_per_s": a.tokens / ms,
+                       "peak_mib": peak_mib(step)}
+                return row if mode is None else {**row, "mode": mode}
             row = guarded(measure) or {"arch": arch, "L": L, "B": B, "oom": True}
             result["block"].append(row)
             print(json.dumps(row), flush=True)
@@ -157,22 +206,16 @@ def main(argv=None):
                 print(json.dumps(row), flush=True)
         torch._dynamo.reset()
 
-    def table(rows, title, extra):
+    def table(rows, title, mfu):
         print(f"\n{title} ({result['device']}, bf16, {a.tokens} tokens/step; measured bf16 matmul peak {peak:.0f} TFLOP/s)")
-        print(f"{'L':>6} {'CD-SSM ktok/s':>14} {'Transf. ktok/s':>15} {'ratio':>6} {'CD-SSM MiB':>11} {'Transf. MiB':>12}{extra}")
-        for L in a.lengths:
-            c = next(r for r in rows if r["L"] == L and r["arch"] == "cdssm")
-            t = next(r for r in rows if r["L"] == L and r["arch"] == "transformer")
-            fmt = lambda r, k, f: "OOM" if r.get("oom") else format(r[k], f)
-            ratio = "-" if c.get("oom") or t.get("oom") else f"{c['ktok_per_s'] / t['ktok_per_s']:.2f}"
-            mfu = "" if not extra else f" {fmt(c, 'mfu', '.3f'):>9} {fmt(t, 'mfu', '.3f'):>9}"
-            print(f"{L:>6} {fmt(c, 'ktok_per_s', '.0f'):>14} {fmt(t, 'ktok_per_s', '.0f'):>15} {ratio:>6} "
-                  f"{fmt(c, 'peak_mib', '.0f'):>11} {fmt(t, 'peak_mib', '.0f'):>12}{mfu}")
+        print("\n".join(table_lines(rows, a.lengths, mfu)))
 
     if result["block"]:
-        table(result["block"], "block fwd+bwd, compiled", "")
+        table(result["block"], "block fwd+bwd, compiled", False)
+        if note:
+            print(f"GDN block: {note}")
     if result["lm"]:
-        table(result["lm"], f"{N_LAYERS}-layer LM training step", "  MFU(CD)   MFU(Tf)")
+        table(result["lm"], f"{N_LAYERS}-layer LM training step", True)
     write_json(a.json, result)
     print(f"wrote {a.json}")
 

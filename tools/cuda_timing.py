@@ -1,4 +1,5 @@
-"""CUDA-event timing shared by the GPU benchmarks in tools/ (imported as a sibling module)."""
+"""CUDA-event timing, and the scan steps it times, shared by the GPU benchmarks in tools/ (imported
+as a sibling module)."""
 
 import contextlib
 import fcntl
@@ -22,6 +23,21 @@ def cuda_time_ms(fn, warmup: int, repeats: int, inner: int = 1) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
+
+
+def forward_and_step(run, grad_o):
+    """(fwd, step) of a scan call run() ↦ (o, final_state): fwd runs it under no_grad; step runs
+    it and backpropagates grad_o into o and ones into the final state (so the state's gradient
+    path runs too) to every input that requires grad."""
+    def fwd():
+        with torch.no_grad():
+            run()
+
+    def step():
+        o, final = run()
+        torch.autograd.backward([o, final], [grad_o, torch.ones_like(final)])
+
+    return fwd, step
 
 
 def peak_mib(fn):
