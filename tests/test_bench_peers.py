@@ -43,10 +43,13 @@ def test_help_explains_peers(tool, tool_module, capsys):
     assert "--peers" in out and "fetch_peer_wheels.sh" in out and "fla" in out
 
 
-OURS = [dict(arch="cdssm", L=2048, B=16, ms=30.0, ktok_per_s=1092.3, peak_mib=1510.4, mfu=0.4123),
-        dict(arch="transformer", L=2048, B=16, ms=40.0, ktok_per_s=819.2, peak_mib=2047.6, mfu=0.3),
+OURS = [dict(arch="cdssm", L=2048, B=16, ms=30.0, ktok_per_s=1092.3, peak_mib=1510.4, mfu=0.4123,
+             roofline_fraction=0.2211),
+        dict(arch="transformer", L=2048, B=16, ms=40.0, ktok_per_s=819.2, peak_mib=2047.6, mfu=0.3,
+             roofline_fraction=0.4706),
         dict(arch="cdssm", L=8192, B=4, oom=True),
-        dict(arch="transformer", L=8192, B=4, ms=50.0, ktok_per_s=655.4, peak_mib=3000.0, mfu=0.2)]
+        dict(arch="transformer", L=8192, B=4, ms=50.0, ktok_per_s=655.4, peak_mib=3000.0, mfu=0.2,
+             roofline_fraction=0.48)]
 GDN = [dict(arch="gdn", L=2048, B=16, ms=35.0, ktok_per_s=936.2, peak_mib=2600.2,
             mode="eager (Unsupported: x)"),
        dict(arch="gdn", L=8192, B=4, ms=60.0, ktok_per_s=546.1, peak_mib=4100.0, mode="compiled")]
@@ -55,21 +58,24 @@ ROW_2048 = "  2048           1092             819   1.33        1510         204
 ROW_8192 = "  8192            OOM             655      -         OOM         3000"
 
 
-@pytest.mark.parametrize("rows,mfu,expected", [
-    (OURS, False, [HEADER, ROW_2048, ROW_8192]),  # as before --peers existed
-    (OURS, True, [HEADER + "  MFU(CD)   MFU(Tf)", ROW_2048 + "     0.412     0.300",
-                  ROW_8192 + "       OOM     0.200"]),
-    (OURS + GDN, False, [HEADER + "  GDN ktok/s  CD/GDN  GDN MiB",
-                         ROW_2048 + "         936    1.17     2600",
-                         ROW_8192 + "         546       -     4100",
-                         "GDN block at L 2048: eager (Unsupported: x)",
-                         "GDN block at L 8192: compiled"]),
-    (OURS + [GDN[0], dict(arch="gdn", L=8192, B=4, oom=True)], False,
-     [HEADER + "  GDN ktok/s  CD/GDN  GDN MiB", ROW_2048 + "         936    1.17     2600",
-      ROW_8192 + "         OOM       -      OOM", "GDN block at L 2048: eager (Unsupported: x)"]),
+@pytest.mark.parametrize("rows,fraction,expected", [
+    (OURS, None, [HEADER, ROW_2048, ROW_8192]),  # as before --peers existed
+    (OURS, "mfu", [HEADER + "   MFU(CD)   MFU(Tf)", ROW_2048 + "     0.412     0.300",
+                   ROW_8192 + "       OOM     0.200"]),
+    (OURS, "roofline_fraction", [HEADER + "  roof(CD)  roof(Tf)", ROW_2048 + "     0.221     0.471",
+                                 ROW_8192 + "       OOM     0.480"]),
+    (OURS + GDN, None, [HEADER + "  GDN ktok/s  CD/GDN  GDN MiB",
+                        ROW_2048 + "         936    1.17     2600",
+                        ROW_8192 + "         546       -     4100",
+                        "GDN block at L 2048: eager (Unsupported: x)",
+                        "GDN block at L 8192: compiled"]),
+    (OURS + [GDN[0], dict(arch="gdn", L=8192, B=4, oom=True)], "roofline_fraction",
+     [HEADER + "  roof(CD)  roof(Tf)  GDN ktok/s  CD/GDN  GDN MiB",
+      ROW_2048 + "     0.221     0.471         936    1.17     2600",
+      ROW_8192 + "       OOM     0.480         OOM       -      OOM", "GDN block at L 2048: eager (Unsupported: x)"]),
 ])
-def test_block_table(rows, mfu, expected, tool_module):
-    assert tool_module("bench_gpu").table_lines(rows, [2048, 8192], mfu) == expected
+def test_block_table(rows, fraction, expected, tool_module):
+    assert tool_module("bench_gpu").table_lines(rows, [2048, 8192], fraction) == expected
 
 
 def test_scan_peer_lines(tool_module):

@@ -8,7 +8,9 @@ d_model 768, for each L in --lengths, all rows in one run:
          backward + fused AdamW step: tokens/s, model FLOP utilisation against the bf16 matmul
          peak measured in the same run (model FLOPs 6·N·tokens, plus 12·n·L·d per token of
          causal attention for the Transformer).
-Prints a table with CD-SSM/Transformer ratios and writes JSON.
+Block rows carry their fraction of the roofline (tools/roofline.py: model FLOPs at the measured
+bf16 peak, plus for CD-SSM the scan's bytes at the device-to-device copy rate measured in the
+same run), the table's roof columns. Prints a table with CD-SSM/Transformer ratios and writes JSON.
 With --peers, a third block per L, measured the same way in the same run: "gdn", fla's Gated
 DeltaNet block (tools/peers.py: TransformerBlock with flash-linear-attention's GatedDeltaNet layer
 for attention), compiled with graph breaks at fla's kernels where torch.compile takes it, eager
@@ -24,7 +26,8 @@ import json
 import torch
 
 import peers
-from cuda_timing import cuda_time_ms, matmul_peak_tflops, peak_mib
+from cuda_timing import copy_bandwidth_gbs, cuda_time_ms, matmul_peak_tflops, peak_mib
+from roofline import block_flops, roofline_ms, scan_floor_bytes
 
 from cdssm.config import CDSSMConfig
 from cdssm.models.attention import plan_attention
@@ -74,24 +77,45 @@ def block_step(arch, L, B, recompute=True, compiled=True):
     return lambda: forward().backward(grad)
 
 
-def table_lines(rows, lengths, mfu):
+def block_roofline_ms(arch, L, tokens, peak_tflops, bandwidth_gbs):
+    """The roofline of arch's block step (tools/roofline.py): its model FLOPs at peak_tflops, plus
+    for CD-SSM its scan's bytes at bandwidth_gbs; None for the peer (its scan's floor is fla's)."""
+    if arch not in ("cdssm", "transformer"):
+        return None
+    with torch.device("meta"):  # counted, not allocated
+        if arch == "cdssm":
+            config = CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB)
+            block = CDSSMBlock(config, 0)
+            nbytes = scan_floor_bytes(tokens, config.n_heads, config.head_dim, config.state_pairs)
+        else:
+            block, nbytes = TransformerBlock(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)), 0
+    flops = block_flops(arch, sum(p.numel() for p in block.parameters()), L, D_MODEL, tokens)
+    return roofline_ms(flops=flops, peak_tflops=peak_tflops, nbytes=nbytes, bandwidth_gbs=bandwidth_gbs)
+
+
+# A table's optional pair of fraction columns: the rows' key -> (CD-SSM heading, Transformer heading)
+FRACTIONS = {"mfu": ("MFU(CD)", "MFU(Tf)"), "roofline_fraction": ("roof(CD)", "roof(Tf)")}
+
+
+def table_lines(rows, lengths, fraction=None):
     """The table under a title: per L in lengths, CD-SSM and Transformer ktok/s, their ratio
     (CD-SSM / Transformer throughput) and peak MiB of rows (dicts of one run; "oom" rows show
-    OOM); with mfu, both MFUs; when rows hold "gdn" rows, GDN ktok/s, CD-SSM / GDN throughput and
-    GDN MiB too, and after the table how each GDN row ran (its "mode")."""
+    OOM); with fraction (a key of FRACTIONS), both rows' value of it (MFU, or the fraction of the
+    roofline); when rows hold "gdn" rows, GDN ktok/s, CD-SSM / GDN throughput and GDN MiB too,
+    and after the table how each GDN row ran (its "mode")."""
     gdn = any(r["arch"] == "gdn" for r in rows)
     fmt = lambda r, k, f: "OOM" if r.get("oom") else format(r[k], f)
     ratio = lambda a, b: "-" if a.get("oom") or b.get("oom") else f"{a['ktok_per_s'] / b['ktok_per_s']:.2f}"
     lines = [f"{'L':>6} {'CD-SSM ktok/s':>14} {'Transf. ktok/s':>15} {'ratio':>6} {'CD-SSM MiB':>11} "
-             f"{'Transf. MiB':>12}" + ("  MFU(CD)   MFU(Tf)" if mfu else "")
+             f"{'Transf. MiB':>12}" + ("".join(f" {h:>9}" for h in FRACTIONS[fraction]) if fraction else "")
              + (f" {'GDN ktok/s':>11} {'CD/GDN':>7} {'GDN MiB':>8}" if gdn else "")]
     for L in lengths:
         c, t, g = (next((r for r in rows if r["L"] == L and r["arch"] == arch), None)
                    for arch in ("cdssm", "transformer", "gdn"))
         line = (f"{L:>6} {fmt(c, 'ktok_per_s', '.0f'):>14} {fmt(t, 'ktok_per_s', '.0f'):>15} "
                 f"{ratio(c, t):>6} {fmt(c, 'peak_mib', '.0f'):>11} {fmt(t, 'peak_mib', '.0f'):>12}")
-        if mfu:
-            line += f" {fmt(c, 'mfu', '.3f'):>9} {fmt(t, 'mfu', '.3f'):>9}"
+        if fraction:
+            line += f" {fmt(c, fraction, '.3f'):>9} {fmt(t, fraction, '.3f'):>9}"
         if gdn:
             line += f" {fmt(g, 'ktok_per_s', '.0f'):>11} {ratio(c, g):>7} {fmt(g, 'peak_mib', '.0f'):>8}"
         lines.append(line)
@@ -173,9 +197,9 @@ def main(argv=None):
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
 
-    peak = matmul_peak_tflops()
+    peak, bandwidth = matmul_peak_tflops(), copy_bandwidth_gbs()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "matmul_peak_tflops": peak, "tokens_per_step": a.tokens,
+              "matmul_peak_tflops": peak, "copy_bandwidth_gbs": bandwidth, "tokens_per_step": a.tokens,
               "cdssm_recompute": not a.keep_activations, "block": [], "lm": []}
     note = peers.lift_triton_guard() if a.peers else None
     if note:
@@ -189,6 +213,9 @@ def main(argv=None):
                 ms = cuda_time_ms(step, a.warmup, a.repeats)
                 row = {"arch": arch, "L": L, "B": B, "ms": ms, "ktok_per_s": a.tokens / ms,
                        "peak_mib": peak_mib(step)}
+                roof = block_roofline_ms(arch, L, a.tokens, peak, bandwidth)
+                if roof is not None:
+                    row.update(roofline_ms=roof, roofline_fraction=roof / ms)
                 return row if mode is None else {**row, "mode": mode}
             row = guarded(measure) or {"arch": arch, "L": L, "B": B, "oom": True}
             result["block"].append(row)
@@ -206,16 +233,17 @@ def main(argv=None):
                 print(json.dumps(row), flush=True)
         torch._dynamo.reset()
 
-    def table(rows, title, mfu):
-        print(f"\n{title} ({result['device']}, bf16, {a.tokens} tokens/step; measured bf16 matmul peak {peak:.0f} TFLOP/s)")
-        print("\n".join(table_lines(rows, a.lengths, mfu)))
+    def table(rows, title, fraction):
+        print(f"\n{title} ({result['device']}, bf16, {a.tokens} tokens/step; measured bf16 matmul peak "
+              f"{peak:.0f} TFLOP/s, copy {bandwidth:.0f} GB/s)")
+        print("\n".join(table_lines(rows, a.lengths, fraction)))
 
     if result["block"]:
-        table(result["block"], "block fwd+bwd, compiled", False)
+        table(result["block"], "block fwd+bwd, compiled", "roofline_fraction")
         if note:
             print(f"GDN block: {note}")
     if result["lm"]:
-        table(result["lm"], f"{N_LAYERS}-layer LM training step", True)
+        table(result["lm"], f"{N_LAYERS}-layer LM training step", "mfu")
     write_json(a.json, result)
     print(f"wrote {a.json}")
 

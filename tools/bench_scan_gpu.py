@@ -7,7 +7,9 @@ CUDA-event-timed calls after --warmup calls, of
 and, with --profile, the per-kernel device times of one fwd+bwd (torch.profiler).
 With --l2-rows the scan runs as the block calls it: q and k raw (not unit) rows, k read in place
 as the middle third of a (B, T, 3·H·D) projection, normalised inside the kernels
-(``l2_norm_eps``). Prints a table and writes JSON.
+(``l2_norm_eps``). "% roof" is the fwd+bwd's fraction of its roofline: the bytes the scan must
+move (tools/roofline.py) at the device-to-device copy rate measured in the same run. Prints a
+table and writes JSON.
 With --peers, then, in the same run: flash-linear-attention's chunk_gated_delta_rule (Gated
 DeltaNet's scan, tools/peers.py) at each (B, T) with K = V = D, timed the same way, beside each
 of our rows at that T with the time ratio CD-SSM / fla; with --l2-rows fla gets raw q, k rows
@@ -23,7 +25,8 @@ import argparse
 import torch
 
 import peers
-from cuda_timing import cuda_time_ms, forward_and_step, kernel_times
+from cuda_timing import copy_bandwidth_gbs, cuda_time_ms, forward_and_step, kernel_times
+from roofline import roofline_ms, scan_floor_bytes
 
 from cdssm.ops import chunk_delta_scan
 from cdssm.files import write_json
@@ -124,18 +127,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.peers:
         peers.require_fla(parser, "fla.ops.gated_delta_rule")
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
     dtype = torch.bfloat16
+    bandwidth = copy_bandwidth_gbs()
     results = []
-    print(f"{'B':>3} {'T':>6} {'H':>3} {'D':>3} {'P':>2} {'fwd ms':>9} {'fwd+bwd ms':>11}")
+    print(f"{'B':>3} {'T':>6} {'H':>3} {'D':>3} {'P':>2} {'fwd ms':>9} {'fwd+bwd ms':>11} {'% roof':>7}")
     for T in args.lengths:
         B = max(args.tokens // T, 1)
         for P in args.pairs:
             fwd_ms, step_ms, step = time_steps(*scan_steps(B, T, args.heads, args.head_dim, P, dtype,
                                                            args.l2_rows), args.warmup, args.repeats)
-            print(f"{B:>3} {T:>6} {args.heads:>3} {args.head_dim:>3} {P:>2} {fwd_ms:>9.3f} {step_ms:>11.3f}",
-                  flush=True)
+            floor_ms = roofline_ms(nbytes=scan_floor_bytes(B * T, args.heads, args.head_dim, P),
+                                   bandwidth_gbs=bandwidth)
+            print(f"{B:>3} {T:>6} {args.heads:>3} {args.head_dim:>3} {P:>2} {fwd_ms:>9.3f} {step_ms:>11.3f} "
+                  f"{100 * floor_ms / step_ms:>7.1f}", flush=True)
             results.append(dict(B=B, T=T, H=args.heads, D=args.head_dim, P=P, dtype="bfloat16",
-                                l2_rows=args.l2_rows, fwd_ms=fwd_ms, fwd_bwd_ms=step_ms))
+                                l2_rows=args.l2_rows, fwd_ms=fwd_ms, fwd_bwd_ms=step_ms,
+                                floor_ms=floor_ms, roofline_fraction=floor_ms / step_ms))
             if args.profile and T == max(args.lengths) and P == min(args.pairs):
                 kernels = kernel_times(step)
                 print("  per-kernel device time of one fwd+bwd (ms):")
@@ -147,7 +156,8 @@ def main(argv=None):
     out = dict(results=results)
     if args.peers:
         out["peers"] = bench_peers(args, dtype, results)
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda)
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+                copy_bandwidth_gbs=bandwidth)
     print(meta)
     if args.json:
         write_json(args.json, dict(meta=meta, **out))

@@ -73,6 +73,15 @@ def matmul_peak_tflops() -> float:
     return 2 * 8192 ** 3 / ms / 1e9
 
 
+def copy_bandwidth_gbs() -> float:
+    """Measured device-memory rate of a 1 GiB device-to-device copy, counting the bytes read and
+    those written, GB/s (the rate a memory-bound kernel can reach)."""
+    a = torch.empty(2 ** 30, device="cuda", dtype=torch.uint8)
+    b = torch.empty_like(a)
+    ms = cuda_time_ms(lambda: b.copy_(a), 3, 10)
+    return 2 * a.numel() / ms / 1e6
+
+
 @contextlib.contextmanager
 def gpu_lock(path):
     """Exclusive use of the GPU among benchmark processes sharing the lock file ``path`` (None:

@@ -48,8 +48,8 @@ run)
   for i in $(seq "$rounds"); do
     for side in A B; do
       "in_$side" 90 python3 tools/bench_scan_gpu.py --pairs 1 --repeats 10 --l2-rows --profile > "$logs/scan_${side}$i.log" 2>&1
-      echo "== $side, round $i (B T H D P fwd fwd+bwd ms; kernel ms at the largest T)"
-      grep -E "^ *[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+$|_kernel" "$logs/scan_${side}$i.log" | cut -c1-80
+      echo "== $side, round $i (B T H D P, fwd and fwd+bwd ms, % of roofline; kernel ms at the largest T)"
+      grep -E "^ *[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+( +[0-9.]+)?$|_kernel" "$logs/scan_${side}$i.log" | cut -c1-80
     done
   done
   t done
