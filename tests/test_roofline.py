@@ -23,14 +23,17 @@ def test_scan_floor_is_the_guides_memory_floor(tool_module):
     assert ms == pytest.approx(0.2144, abs=1e-4)
 
 
-@pytest.mark.parametrize("arch,n_params,L,flops", [
-    ("cdssm", 7_464_984, 2048, 6 * 7_464_984 * 32768),
-    ("cdssm", 7_464_984, 32768, 6 * 7_464_984 * 32768),  # no term in L
-    ("transformer", 7_079_424, 2048, 6 * 7_079_424 * 32768 + 6 * 2048 * 768 * 32768),
-    ("transformer", 7_079_424, 32768, 6 * 7_079_424 * 32768 + 6 * 32768 * 768 * 32768),
+@pytest.mark.parametrize("arch,n_params,L,layers,flops", [
+    ("cdssm", 7_464_984, 2048, 1, 6 * 7_464_984 * 32768),
+    ("cdssm", 7_464_984, 32768, 1, 6 * 7_464_984 * 32768),  # no term in L
+    ("transformer", 7_079_424, 2048, 1, 6 * 7_079_424 * 32768 + 6 * 2048 * 768 * 32768),
+    ("transformer", 7_079_424, 32768, 1, 6 * 7_079_424 * 32768 + 6 * 32768 * 768 * 32768),
+    # the 12-layer LM's MFU: 6 N per token plus 12·n·L·d / 2 of causal attention
+    ("transformer", 124_000_000, 2048, 12, (6 * 124_000_000 + 12 * 12 * 2048 * 768 // 2) * 32768),
+    ("cdssm", 128_177_952, 2048, 12, 6 * 128_177_952 * 32768),
 ])
-def test_block_flops(arch, n_params, L, flops, tool_module):
-    assert tool_module("roofline").block_flops(arch, n_params, L, 768, 32768) == flops
+def test_model_flops(arch, n_params, L, layers, flops, tool_module):
+    assert tool_module("roofline").model_flops(arch, n_params, L, 768, 32768, layers) == flops
 
 
 @pytest.mark.parametrize("kwargs,ms", [

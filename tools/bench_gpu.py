@@ -27,7 +27,7 @@ import torch
 
 import peers
 from cuda_timing import copy_bandwidth_gbs, cuda_time_ms, matmul_peak_tflops, peak_mib
-from roofline import block_flops, roofline_ms, scan_floor_bytes
+from roofline import model_flops, roofline_ms, scan_floor_bytes
 
 from cdssm.config import CDSSMConfig
 from cdssm.models.attention import plan_attention
@@ -89,7 +89,7 @@ def block_roofline_ms(arch, L, tokens, peak_tflops, bandwidth_gbs):
             nbytes = scan_floor_bytes(tokens, config.n_heads, config.head_dim, config.state_pairs)
         else:
             block, nbytes = TransformerBlock(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)), 0
-    flops = block_flops(arch, sum(p.numel() for p in block.parameters()), L, D_MODEL, tokens)
+    flops = model_flops(arch, sum(p.numel() for p in block.parameters()), L, D_MODEL, tokens)
     return roofline_ms(flops=flops, peak_tflops=peak_tflops, nbytes=nbytes, bandwidth_gbs=bandwidth_gbs)
 
 
@@ -140,7 +140,7 @@ def lm_step(arch, L, B):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    flops_per_token = 6 * n_params + (12 * N_LAYERS * L * D_MODEL // 2 if arch == "transformer" else 0)
+    flops_per_token = model_flops(arch, n_params, L, D_MODEL, 1, N_LAYERS)
     return step, flops_per_token
 
 

@@ -24,10 +24,11 @@ def scan_floor_bytes(tokens: int, H: int, D: int, P: int) -> int:
     return tokens * H * (forward + backward)
 
 
-def block_flops(arch: str, n_params: int, L: int, d: int, tokens: int) -> int:
-    """Model FLOPs of one block's fwd+bwd over tokens (B sequences of L): 6·N·tokens, plus
-    6·L·d·tokens of causal attention for arch "transformer"."""
-    return 6 * n_params * tokens + (6 * L * d * tokens if arch == "transformer" else 0)
+def model_flops(arch: str, n_params: int, L: int, d: int, tokens: int, layers: int = 1) -> int:
+    """Model FLOPs of a fwd+bwd over tokens (B sequences of L) of a model of n_params parameters
+    with `layers` blocks: 6·N·tokens, plus 6·L·d·tokens of causal attention per block for arch
+    "transformer"."""
+    return 6 * n_params * tokens + (layers * 6 * L * d * tokens if arch == "transformer" else 0)
 
 
 def roofline_ms(*, flops: float = 0, peak_tflops: float = 0, nbytes: float = 0,
