@@ -65,3 +65,59 @@ def test_block_roofline(arch, L, expected_ms, tool_module):
     """bench_gpu's block rooflines count the blocks' parameters on the meta device."""
     got = tool_module("bench_gpu").block_roofline_ms(arch, L, 32768, 758, 3000)
     assert got == (None if expected_ms is None else pytest.approx(expected_ms))
+
+
+@pytest.mark.parametrize("D,P,nbytes", [
+    (64, 1, 64 * 64 * 4 + 64 * 8 + 16),  # Γ_{n−1}'s 8 bytes take a whole granule
+    (16, 3, 16 * 16 * 4 + 3 * 16 * 8 + 32),
+    (8, 1, 8 * 8 * 4 + 64 + 16),
+])
+def test_map_record_bytes(D, P, nbytes, tool_module):
+    assert tool_module("roofline").map_record_bytes(D, P) == nbytes
+
+
+# The chunk kernels' bytes per (chunk, head) at C = D = 64, P = 1, counted from their loads and
+# stores in csrc/cuda/chunk_delta_scan.cuh (rows of q or k: 8192; fp32 decay of a chunk: 512;
+# β: 128; complex bf16 v, o or dy: 256; fp32 state: 512; W: 16384; u_loc: 512; map record: 16912).
+DESIGN_64 = {"chunk_prepare": 8192 + 512 + 128 + 256 + 16384 + 512 + 16912,
+             "state_chain": 16912 + 512, "segment_maps": 16912,
+             "chunk_output": 2 * 8192 + 512 + 512 + 16384 + 512 + 256,
+             "bwd_local": 2 * 8192 + 512 + 128 + 256 + 16912,
+             "chunk_bwd": 4 * 8192 + 2 * 512 + 2 * 128 + 3 * 256 + 2 * 512}
+
+
+@pytest.mark.parametrize("l2_rows,extra", [(False, 0), (True, 6 * 8192)])
+def test_chunk_kernel_bytes(l2_rows, extra, tool_module):
+    expected = {**DESIGN_64, "chunk_bwd": DESIGN_64["chunk_bwd"] + extra}
+    assert tool_module("roofline").chunk_kernel_bytes(64, 64, 1, l2_rows) == expected
+
+
+@pytest.mark.parametrize("C,D,P,l2_rows", [(64, 64, 1, False), (64, 64, 8, True), (32, 16, 2, False),
+                                           (16, 128, 1, True)])
+def test_design_moves_at_least_the_scans_bytes(C, D, P, l2_rows, tool_module):
+    """One fwd+bwd of the design (prepare, the two chains, output, bwd_local, chunk_bwd) moves the
+    scan's own bytes and more: its floor is never under the scan's."""
+    roofline = tool_module("roofline")
+    per = roofline.chunk_kernel_bytes(C, D, P, l2_rows)
+    design = per["chunk_prepare"] + 2 * per["state_chain"] + per["chunk_output"] + per["bwd_local"] + per["chunk_bwd"]
+    assert design >= roofline.scan_floor_bytes(C, 1, D, P)
+
+
+KERNELS = [  # (name, ms, launches) as torch.profiler named them on the H100 (B 1, T 32768)
+    ("void cdssm::cuda::chunk_bwd_kernel<__nv_bfloat16, float, true, 64, 64>(cdssm::cuda::Inputs<__nv_bfloat16, float>)", 1.834, 1),
+    ("void cdssm::cuda::segment_maps_kernel<__nv_bfloat16, float, true, true, 64>(cdssm::cuda::Sequences)", 0.149, 1),
+    ("void cdssm::cuda::state_chain_kernel<float, false, true, 64>(cdssm::cuda::Sequences)", 0.090, 2),
+    ("void at::native::elementwise_kernel<128, 2>(int, at::native::add_kernel)", 0.10, 4),
+    ("void cdssm::cuda::segment_chain_kernel<float, true, true, 64>(cdssm::cuda::Sequences)", 0.029, 2),
+]
+
+
+def test_kernel_floors(tool_module):
+    roofline = tool_module("roofline")
+    rows = roofline.kernel_floors(KERNELS, DESIGN_64, 12288, 3000)
+    floors = [floor for *_, floor in rows]
+    assert [row[:3] for row in rows] == KERNELS
+    assert floors[0] == pytest.approx(DESIGN_64["chunk_bwd"] * 12288 / 3e9)
+    assert floors[1] == pytest.approx(DESIGN_64["segment_maps"] * 12288 / 3e9)
+    assert floors[2] == pytest.approx(2 * DESIGN_64["state_chain"] * 12288 / 3e9)  # per launch
+    assert floors[3] is None and floors[4] is None  # not a chunk kernel; the segment chain is not counted

@@ -26,10 +26,13 @@ import torch
 
 import peers
 from cuda_timing import copy_bandwidth_gbs, cuda_time_ms, forward_and_step, kernel_times
-from roofline import roofline_ms, scan_floor_bytes
+from roofline import chunk_kernel_bytes, kernel_floors, roofline_ms, scan_floor_bytes
 
 from cdssm.ops import chunk_delta_scan
 from cdssm.files import write_json
+
+
+CHUNK = 64  # chunk_delta_scan's default chunk length, which the benchmark runs
 
 
 def scan_inputs(B, T, H, D, P, dtype, l2_rows, seed=0):
@@ -146,11 +149,18 @@ def main(argv=None):
                                 l2_rows=args.l2_rows, fwd_ms=fwd_ms, fwd_bwd_ms=step_ms,
                                 floor_ms=floor_ms, roofline_fraction=floor_ms / step_ms))
             if args.profile and T == max(args.lengths) and P == min(args.pairs):
-                kernels = kernel_times(step)
-                print("  per-kernel device time of one fwd+bwd (ms):")
-                for name, ms, count in kernels[:12]:
-                    print(f"    {ms:8.3f}  x{count:<3} {name[:90]}")
-                results[-1]["kernels_ms"] = kernels
+                chunk_heads = B * -(-T // CHUNK) * args.heads
+                kernels = kernel_floors(kernel_times(step), chunk_kernel_bytes(CHUNK, args.head_dim, P, args.l2_rows),
+                                        chunk_heads, bandwidth)
+                print("  per-kernel device time of one fwd+bwd (ms), and the chunk kernels' memory floor "
+                      "(tools/roofline.py, design):")
+                for name, ms, count, floor in kernels[:12]:
+                    share = f"{floor:6.3f} {100 * floor / ms:4.0f} %" if floor else " " * 13
+                    print(f"    {ms:8.3f}  x{count:<3} {share}  {name[:80]}")
+                design = sum(f for *_, f in kernels if f)
+                print(f"  this design's memory floor {design:.3f} ms (the kernels above), the scan's own "
+                      f"{floor_ms:.3f} ms")
+                results[-1].update(kernels_ms=kernels, design_floor_ms=design)
             del step
             torch.cuda.empty_cache()
     out = dict(results=results)
