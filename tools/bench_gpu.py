@@ -38,21 +38,27 @@ from cdssm.files import write_json
 D_MODEL, N_LAYERS, VOCAB = 768, 12, 50257
 
 
+def block_module(arch, L):
+    """The block of arch "cdssm", "transformer" or "gdn" (peers.GatedDeltaNetBlock) for sequence
+    length L, on the current default device."""
+    if arch == "cdssm":
+        return CDSSMBlock(CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB), 0)
+    config = TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)
+    return peers.GatedDeltaNetBlock(config) if arch == "gdn" else TransformerBlock(config)
+
+
 def block_forward(arch, L, recompute=True, compiled=True):
-    """x (B, L, d) ↦ the block's output, for arch "cdssm", "transformer" or "gdn"
-    (peers.GatedDeltaNetBlock); compiled: fullgraph for ours, with graph breaks for gdn (fla's
-    scan is torch.compiler.disable'd); eager with compiled=False.
+    """x (B, L, d) ↦ the block's output (block_module); compiled: fullgraph for ours, with graph
+    breaks for gdn (fla's scan is torch.compiler.disable'd); eager with compiled=False.
     recompute: the CD-SSM block's selective recomputation (False keeps every activation)."""
     torch.manual_seed(0)
-    config = TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)
+    block = block_module(arch, L).cuda()
     if arch == "cdssm":
-        block = CDSSMBlock(CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB), 0).cuda()
         block.selective_recompute = recompute
         fn = lambda x: block(x).hidden
     elif arch == "gdn":
-        fn = peers.GatedDeltaNetBlock(config).cuda()
+        fn = block
     else:
-        block = TransformerBlock(config).cuda()
         plan = plan_attention(L, torch.device("cuda"), 64, 10000.0, torch.bfloat16)
         fn = lambda x: block(x, plan)[0]
     return torch.compile(fn, fullgraph=arch != "gdn") if compiled else fn
@@ -83,12 +89,9 @@ def block_roofline_ms(arch, L, tokens, peak_tflops, bandwidth_gbs):
     if arch not in ("cdssm", "transformer"):
         return None
     with torch.device("meta"):  # counted, not allocated
-        if arch == "cdssm":
-            config = CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB)
-            block = CDSSMBlock(config, 0)
-            nbytes = scan_floor_bytes(tokens, config.n_heads, config.head_dim, config.state_pairs)
-        else:
-            block, nbytes = TransformerBlock(TransformerConfig(D_MODEL, N_LAYERS, L, VOCAB)), 0
+        block = block_module(arch, L)
+    config = CDSSMConfig(D_MODEL, N_LAYERS, L, VOCAB)
+    nbytes = scan_floor_bytes(tokens, config.n_heads, config.head_dim, config.state_pairs) if arch == "cdssm" else 0
     flops = model_flops(arch, sum(p.numel() for p in block.parameters()), L, D_MODEL, tokens)
     return roofline_ms(flops=flops, peak_tflops=peak_tflops, nbytes=nbytes, bandwidth_gbs=bandwidth_gbs)
 

@@ -4,8 +4,8 @@ For T in --lengths (B = tokens / T), H heads, D = 64, P in --pairs: the median o
 CUDA-event-timed calls after --warmup calls, of
   fwd      chunk_delta_scan under no_grad,
   fwd+bwd  chunk_delta_scan then autograd backward of all inputs (incl. the initial state),
-and, with --profile, the per-kernel device times of one fwd+bwd (torch.profiler), each chunk kernel's
-beside its memory floor in this design (tools/roofline.py, chunk_kernel_bytes).
+and, with --profile, the per-kernel device times of one fwd+bwd (torch.profiler), with each chunk
+kernel's memory floor in this design beside it (tools/roofline.py, chunk_kernel_bytes).
 With --l2-rows the scan runs as the block calls it: q and k raw (not unit) rows, k read in place
 as the middle third of a (B, T, 3·H·D) projection, normalised inside the kernels
 (``l2_norm_eps``). "% roof" is the fwd+bwd's fraction of its roofline: the bytes the scan must
